@@ -1,0 +1,202 @@
+"""The ``vaefail`` command line: a thin layer over the Python API.
+
+Every error a user can cause (:class:`vaefail.errors.VaefailError`) ends in one readable line on stderr
+and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vaefail.errors import DataError, StoreError, VaefailError
+
+app = typer.Typer(
+    name="vaefail",
+    help="Failure modes of VAEs: ground-truth benchmarks, restart-protocol training, honest metrics.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(func: F) -> F:
+    """Turn a :class:`VaefailError` (or Ctrl-C) into one message and a non-zero exit."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except VaefailError as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _parse_params(items: list[str] | None) -> dict[str, Any]:
+    """``["beta=100", "w=[1,2]"]`` -> ``{"beta": 100, "w": [1, 2]}`` (values parsed as JSON)."""
+    params: dict[str, Any] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise DataError(f"--param expects NAME=VALUE, got {item!r}")
+        try:
+            params[name.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            raise DataError(f"--param {name}: cannot parse {value!r} as a number or JSON list") from None
+    return params
+
+
+@app.command("benchmarks")
+@friendly
+def benchmarks_cmd() -> None:
+    """List the ground-truth benchmarks and their parameters."""
+    from vaefail.benchmarks import get_benchmark, list_benchmarks
+
+    table = Table(title="vaefail benchmarks")
+    for col in ("name", "x dim", "true K", "sigma_eps", "parameters", "description"):
+        table.add_column(col)
+    for name in list_benchmarks():
+        b = get_benchmark(name)
+        params = ", ".join(f"{k}={v}" for k, v in b.params().items() if k != "sigma_eps")
+        table.add_row(name, str(b.x_dim), str(b.latent_dim), f"{b.sigma_eps:.4g}", params, b.summary)
+    console.print(table)
+
+
+@app.command("sample")
+@friendly
+def sample_cmd(
+    benchmark: Annotated[str, typer.Option("--benchmark", "-b", help="Benchmark name.")],
+    n: Annotated[int, typer.Option("-n", help="Number of samples.")] = 1000,
+    out: Annotated[Path, typer.Option("--out", "-o", help="CSV file to write.")] = Path("samples.csv"),
+    seed: Annotated[int, typer.Option(help="PRNG seed.")] = 0,
+    param: Annotated[list[str] | None, typer.Option(help="Benchmark parameter NAME=VALUE.")] = None,
+) -> None:
+    """Write N samples (x and the true z) of a benchmark to a CSV file."""
+    import jax
+    import numpy as np
+    import pandas as pd
+
+    from vaefail.benchmarks import get_benchmark
+
+    if n < 1:
+        raise DataError(f"-n must be >= 1, got {n}")
+    bench = get_benchmark(benchmark, **_parse_params(param))
+    data = bench.sample(jax.random.PRNGKey(seed), n)
+    cols = {f"x{i}": data.x[:, i] for i in range(bench.x_dim)}
+    cols |= {f"z{i}": data.z[:, i] for i in range(data.z.shape[1])}
+    _write_atomic(out, lambda tmp: pd.DataFrame(cols).to_csv(tmp, index=False))
+    console.print(f"wrote {n} samples of {bench.name} to {out}")
+    del np
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        tmp.replace(path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise StoreError(f"cannot write {path}: {err.strerror or err}") from err
+
+
+@app.command("fit")
+@friendly
+def fit_cmd(
+    benchmark: Annotated[str, typer.Option("--benchmark", "-b", help="Benchmark name.")] = "figure8",
+    objective: Annotated[str, typer.Option(help="vae or iwae.")] = "vae",
+    latent_dim: Annotated[int, typer.Option("--latent-dim", "-k", help="Latent dimension K.")] = 1,
+    out: Annotated[Path | None, typer.Option(help="Run folder to write.")] = None,
+    restarts: Annotated[int, typer.Option(help="Number of restarts (half from the truth).")] = 10,
+    steps: Annotated[int, typer.Option(help="Maximum training steps.")] = 30000,
+    seed: Annotated[int, typer.Option(help="PRNG seed.")] = 0,
+    num_samples: Annotated[int, typer.Option("--samples", "-s", help="IWAE samples S.")] = 20,
+    dreg: Annotated[bool, typer.Option(help="DReG gradients (iwae).")] = False,
+    sigma_eps: Annotated[float | None, typer.Option(help="Noise std (default: the truth).")] = None,
+    learn_sigma: Annotated[bool, typer.Option(help="Learn sigma_eps.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 256,
+    learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    init_steps: Annotated[int, typer.Option(help="Steps of each truth-initialisation phase.")] = 3000,
+    converge: Annotated[bool, typer.Option(help="Stop when the validation bound converges.")] = True,
+    truth: Annotated[bool, typer.Option(help="Also fit the true decoder's best encoder.")] = True,
+    param: Annotated[list[str] | None, typer.Option(help="Benchmark parameter NAME=VALUE.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Fit a VAE/IWAE with the paper's restart protocol and print the per-restart table."""
+    from vaefail.api import fit_config
+    from vaefail.config import FitConfig
+    from vaefail.results import check_writable
+
+    config = FitConfig(
+        benchmark=benchmark, benchmark_params=_parse_params(param), objective=objective,
+        latent_dim=latent_dim, restarts=restarts, steps=steps, seed=seed, num_samples=num_samples,
+        dreg=dreg, sigma_eps=sigma_eps, learn_sigma=learn_sigma, batch_size=batch_size,
+        learning_rate=learning_rate, init_steps=init_steps, converge=converge,
+    )
+    if out is not None:
+        check_writable(out)
+    result = fit_config(config, truth=truth, progress=not quiet)
+    print_result(result)
+    if out is not None:
+        result.save(out)
+        console.print(f"saved run to {out}")
+
+
+def print_result(result: Any) -> None:
+    """Print a fit's per-restart table and its summary."""
+    c = result.config
+    bound = "ELBO" if c.objective == "vae" else f"IWAE_{c.num_samples}"
+    table = Table(title=f"{c.benchmark}, {c.objective}, K={c.latent_dim}: restarts ({bound}, nats/point)")
+    for col in ("restart", "start", "status", "steps", "train", "val", "test", "test ELBO", "sigma_eps"):
+        table.add_column(col, justify="right")
+    for row in result.restarts.itertuples():
+        style = "bold green" if row.selected else ("red" if row.status != "ok" else None)
+        table.add_row(
+            str(row.restart), row.start, row.status, str(row.steps), f"{row.train_bound:.4f}",
+            f"{row.val_bound:.4f}", f"{row.test_bound:.4f}", f"{row.test_elbo:.4f}",
+            f"{row.sigma_eps:.4g}", style=style,
+        )
+    console.print(table)
+    s = result.summary
+    lines = [
+        f"selected restart {s['selected']} ({s['start']} start): test -{bound} {-s['test_bound']:.4f}, "
+        f"test -ELBO {-s['test_elbo']:.4f}",
+        f"exact test -E[log p_gt(x)] {-s['test_log_prob_true']:.4f}",
+    ]
+    if "truth_test_elbo" in s:
+        verdict = "learned beats the truth" if s["test_bound"] > s["truth_test_bound"] else (
+            "truth beats the learned model"
+        )
+        lines.append(
+            f"ground truth with its best encoder: test -{bound} {-s['truth_test_bound']:.4f}, "
+            f"test -ELBO {-s['truth_test_elbo']:.4f} ({verdict})"
+        )
+    console.print("\n".join(lines), highlight=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except BrokenPipeError:  # e.g. `vaefail benchmarks | head`
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""The full configuration of one fit: benchmark, model, objective, restart protocol, optimiser, data."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from vaefail.errors import ConfigError, require
+from vaefail.models import get_activation
+from vaefail.objectives import check_objective
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Everything that determines a fit; the same config and seed give the same numbers.
+
+    Parameters
+    ----------
+    benchmark, benchmark_params
+        Benchmark name and parameter overrides (see ``vaefail benchmarks``).
+    objective
+        ``"vae"`` (ELBO, analytic KL) or ``"iwae"`` (importance-weighted bound with ``num_samples``).
+    latent_dim
+        The model's latent dimension ``K``.
+    num_samples
+        IWAE samples ``S`` for training and for the IWAE validation/test bound.
+    dreg
+        Use the doubly-reparameterised gradient estimator (``iwae`` only).
+    sigma_eps
+        Observation noise std; ``None`` means the benchmark's true value.
+    learn_sigma
+        Train ``sigma_eps`` (starting from ``sigma_eps``) instead of fixing it.
+    hidden_width, hidden_depth, activation
+        Encoder and decoder MLPs.
+    restarts, truth_restarts
+        Number of restarts ``R``, and how many of them start at the ground truth (default ``R // 2``).
+    steps, batch_size, learning_rate, final_lr_factor
+        Maximum optimisation steps, mini-batch size, Adam learning rate, decayed exponentially to
+        ``learning_rate * final_lr_factor`` at ``steps``.
+    eval_every, patience, tol, converge
+        The validation bound is computed every ``eval_every`` steps; with ``converge`` training stops once
+        no restart has improved its best validation bound by more than ``tol`` nats for ``patience``
+        evaluations in a row. ``steps`` is rounded up to a multiple of ``eval_every``.
+    init_steps
+        Steps of each ground-truth initialisation phase (decoder fitted to ``f_gt``, then the encoder
+        fitted with the decoder frozen).
+    eval_samples
+        Monte-Carlo samples per point for the ELBO on validation and test data.
+    n_train, n_val, n_test
+        Split sizes.
+    seed, data_seed
+        Seed of initialisation and training; seed of the data splits (default: ``seed``).
+    """
+
+    benchmark: str = "figure8"
+    benchmark_params: dict[str, Any] = field(default_factory=dict)
+    objective: str = "vae"
+    latent_dim: int = 1
+    num_samples: int = 20
+    dreg: bool = False
+    sigma_eps: float | None = None
+    learn_sigma: bool = False
+    hidden_width: int = 50
+    hidden_depth: int = 2
+    activation: str = "tanh"
+    restarts: int = 10
+    truth_restarts: int | None = None
+    steps: int = 30000
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    final_lr_factor: float = 0.1
+    eval_every: int = 500
+    patience: int = 6
+    tol: float = 1e-3
+    converge: bool = True
+    init_steps: int = 3000
+    eval_samples: int = 10
+    n_train: int = 5000
+    n_val: int = 1000
+    n_test: int = 2000
+    seed: int = 0
+    data_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        check_objective(self.objective, self.num_samples)
+        require(self.latent_dim >= 1, f"latent dimension K must be >= 1, got {self.latent_dim}")
+        require(self.restarts >= 1, f"restarts must be >= 1, got {self.restarts}")
+        require(
+            0 <= self.n_truth <= self.restarts,
+            f"truth_restarts must be in [0, restarts={self.restarts}], got {self.truth_restarts}",
+        )
+        if self.sigma_eps is not None:
+            require(
+                math.isfinite(self.sigma_eps) and self.sigma_eps > 0,
+                f"sigma_eps must be > 0, got {self.sigma_eps}",
+            )
+        require(not self.dreg or self.objective == "iwae", "--dreg needs the 'iwae' objective")
+        get_activation(self.activation)
+        for name in ("steps", "batch_size", "eval_every", "patience", "eval_samples", "hidden_width"):
+            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("n_train", "n_val", "n_test"):
+            require(getattr(self, name) >= 2, f"{name} must be >= 2, got {getattr(self, name)}")
+        require(self.hidden_depth >= 0, f"hidden_depth must be >= 0, got {self.hidden_depth}")
+        require(self.init_steps >= 0, f"init_steps must be >= 0, got {self.init_steps}")
+        require(
+            self.learning_rate > 0 and 0 < self.final_lr_factor <= 1,
+            "need learning_rate > 0 and 0 < final_lr_factor <= 1",
+        )
+        require(self.tol >= 0, f"tol must be >= 0, got {self.tol}")
+
+    @property
+    def n_truth(self) -> int:
+        """Number of restarts initialised at the ground truth."""
+        return self.restarts // 2 if self.truth_restarts is None else self.truth_restarts
+
+    @property
+    def split_seed(self) -> int:
+        return self.seed if self.data_seed is None else self.data_seed
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FitConfig:
+        """Rebuild a config, rejecting unknown keys with a clear message."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}; valid keys: {sorted(names)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> FitConfig:
+        return dataclasses.replace(self, **changes)

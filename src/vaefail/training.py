@@ -1,0 +1,416 @@
+"""The paper's training protocol, vectorised: R restarts trained together, steps fused with ``lax.scan``.
+
+Restarts are stacked along a leading axis of every parameter array and trained with :func:`jax.vmap`
+over a :func:`jax.lax.scan` of optimisation steps; the Python loop only runs once per evaluation chunk
+(``eval_every`` steps), where the validation bound is computed, the best parameters of each restart are
+kept, divergence is detected and progress is shown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from vaefail.benchmarks import Benchmark, Splits
+from vaefail.config import FitConfig
+from vaefail.models import VAE, TrueDecoder, make_vae
+from vaefail.objectives import bound_fn, elbo, loss_fn
+
+Loss = Callable[[VAE, Any, jax.Array], tuple[jax.Array, Any]]
+
+
+@dataclass(frozen=True)
+class OptimiseResult:
+    """Outcome of :func:`optimise` for ``R`` stacked restarts.
+
+    Attributes
+    ----------
+    model
+        Stacked models: for each restart, the parameters with the best validation score (the final
+        ones when there is no validation function).
+    best_score
+        Best validation score per restart, shape ``(R,)``; ``-inf`` for a diverged restart.
+    diverged
+        Whether the restart produced a non-finite loss or validation score, shape ``(R,)``.
+    steps
+        Optimisation steps run (the same for every restart).
+    history
+        Validation scores after each chunk, shape ``(n_evals, R)``.
+    """
+
+    model: VAE
+    best_score: np.ndarray
+    diverged: np.ndarray
+    steps: int
+    history: np.ndarray
+
+
+def stack(models: list[Any]) -> Any:
+    """Stack identically-structured modules along a new leading restart axis."""
+    arrays = [eqx.filter(m, eqx.is_array) for m in models]
+    static = eqx.filter(models[0], eqx.is_array, inverse=True)
+    stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *arrays)
+    return eqx.combine(stacked, static)
+
+
+def take(stacked: Any, index: int | slice | np.ndarray) -> Any:
+    """Select restarts ``index`` from a stacked module."""
+    return jax.tree_util.tree_map(lambda a: a[index] if eqx.is_array(a) else a, stacked)
+
+
+def concat(a: Any, b: Any) -> Any:
+    """Concatenate two stacked modules along the restart axis."""
+    return jax.tree_util.tree_map(
+        lambda u, v: jnp.concatenate([u, v]) if eqx.is_array(u) else u, a, b
+    )
+
+
+def optimise(
+    model: Any,
+    loss: Loss,
+    data: jax.Array | None,
+    key: jax.Array,
+    *,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    final_lr_factor: float = 0.1,
+    trainable: Callable[[Any], Any] | None = None,
+    score: Callable[[Any, Any], jax.Array] | None = None,
+    score_data: Any = None,
+    eval_every: int = 500,
+    patience: int = 6,
+    tol: float = 1e-3,
+    converge: bool = False,
+    description: str = "training",
+    progress: bool = True,
+) -> OptimiseResult:
+    """Minimise ``loss`` for every restart of a stacked model with Adam, fused over steps.
+
+    Parameters
+    ----------
+    model
+        A stacked module (leading axis ``R`` on every array leaf).
+    loss
+        ``loss(model, batch, key) -> (scalar, aux)`` for *one* restart; ``batch`` is ``batch_size`` rows
+        of ``data`` drawn with replacement (``None`` when ``data`` is ``None``).
+    data
+        Training data, shape ``(n, D)``, shared by all restarts, or ``None``.
+    key
+        PRNG key; restart ``r`` uses ``fold_in(key, r)``, so its trajectory does not depend on ``R``.
+    steps, batch_size, learning_rate, final_lr_factor
+        Step budget (rounded up to a multiple of ``eval_every``), batch size, Adam learning rate decayed
+        exponentially to ``learning_rate * final_lr_factor`` at ``steps``.
+    trainable
+        ``trainable(model) -> sub-module`` selecting what to train (e.g. ``lambda m: m.encoder``);
+        gradients of everything else are zeroed, which keeps it fixed under Adam. ``None`` trains
+        every floating-point array.
+    score
+        ``score(model, score_data) -> scalar`` for one restart, higher is better (e.g. the mean
+        validation bound). Evaluated every ``eval_every`` steps; the best-scoring parameters are kept.
+    eval_every, patience, tol, converge
+        With ``converge``, stop when no restart improved its best score by more than ``tol`` for
+        ``patience`` evaluations in a row.
+    description, progress
+        Rich progress bar label, and whether to show it.
+    """
+    eval_every = min(eval_every, steps)
+    n_chunks = -(-steps // eval_every)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    n_restarts = jax.tree_util.tree_leaves(params)[0].shape[0]
+    mask = None
+    if trainable is not None:
+        mask = jax.tree_util.tree_map(lambda _: False, take(params, 0))
+        mask = eqx.tree_at(
+            trainable, mask, replace_fn=lambda sub: jax.tree_util.tree_map(lambda _: True, sub)
+        )
+    schedule = optax.exponential_decay(
+        learning_rate, transition_steps=n_chunks * eval_every, decay_rate=final_lr_factor
+    )
+    opt = optax.adam(schedule)
+    opt_state = jax.vmap(opt.init)(params)
+
+    def one_step(carry, step_key):
+        p, state = carry
+        k_batch, k_loss = jax.random.split(step_key)
+        batch = None
+        if data is not None:
+            batch = data[jax.random.randint(k_batch, (batch_size,), 0, data.shape[0])]
+
+        def f(q):
+            value, _ = loss(eqx.combine(q, static), batch, k_loss)
+            return value
+
+        value, grads = jax.value_and_grad(f)(p)
+        if mask is not None:
+            grads = jax.tree_util.tree_map(
+                lambda g, m: g if m else jnp.zeros_like(g), grads, mask
+            )
+        updates, state = opt.update(grads, state, p)
+        return (optax.apply_updates(p, updates), state), value
+
+    def chunk(p, state, chunk_keys):
+        (p, state), values = jax.lax.scan(one_step, (p, state), chunk_keys)
+        return p, state, jnp.all(jnp.isfinite(values))
+
+    run_chunk = jax.jit(jax.vmap(chunk))
+    evaluate = None
+    if score is not None:
+        evaluate = jax.jit(jax.vmap(lambda p: score(eqx.combine(p, static), score_data)))
+
+    restart_keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(n_restarts))
+    best_params = params
+    best = np.full(n_restarts, -np.inf)
+    diverged = np.zeros(n_restarts, dtype=bool)
+    history: list[np.ndarray] = []
+    stale = 0
+    steps_done = 0
+    with _progress(progress) as bar:
+        task = bar.add_task(description, total=n_chunks * eval_every, best="")
+        for i in range(n_chunks):
+            chunk_keys = jax.vmap(
+                lambda k, i=i: jax.random.split(jax.random.fold_in(k, i), eval_every)
+            )(restart_keys)
+            params, opt_state, finite = run_chunk(params, opt_state, chunk_keys)
+            steps_done += eval_every
+            diverged |= ~np.asarray(finite)
+            if evaluate is None:
+                bar.update(task, advance=eval_every)
+                continue
+            scores = np.asarray(evaluate(params), dtype=np.float64)
+            diverged |= ~np.isfinite(scores)
+            scores = np.where(diverged, -np.inf, scores)
+            history.append(scores)
+            improved = scores > best
+            gain = np.max(np.where(np.isfinite(best), scores - best, np.inf), initial=-np.inf)
+            best = np.maximum(best, scores)
+            best_params = _where_restart(improved, params, best_params)
+            stale = stale + 1 if gain <= tol else 0
+            shown = best[np.isfinite(best)]
+            bar.update(
+                task, advance=eval_every,
+                best=f"best val {shown.max():.4f}" if shown.size else "all diverged",
+            )
+            if converge and stale >= patience:
+                bar.update(task, total=steps_done)
+                break
+    if evaluate is None:
+        best_params = params
+    return OptimiseResult(
+        model=eqx.combine(best_params, static),
+        best_score=best,
+        diverged=diverged,
+        steps=steps_done,
+        history=np.array(history).reshape(len(history), n_restarts),
+    )
+
+
+def _where_restart(selected: np.ndarray, new: Any, old: Any) -> Any:
+    """Per restart, take ``new`` where ``selected`` else ``old`` (stacked pytrees)."""
+    sel = jnp.asarray(selected)
+    return jax.tree_util.tree_map(
+        lambda a, b: jnp.where(sel.reshape(-1, *([1] * (a.ndim - 1))), a, b), new, old
+    )
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps  {task.fields[best]}"),
+        TimeElapsedColumn(),
+        disable=not enabled,
+        transient=False,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The paper's protocol
+# --------------------------------------------------------------------------------------------------
+
+
+def init_models(config: FitConfig, benchmark: Benchmark, keys: jax.Array) -> VAE:
+    """Freshly initialised stacked models, one per key."""
+    sigma = benchmark.sigma_eps if config.sigma_eps is None else config.sigma_eps
+    return stack(
+        [
+            make_vae(
+                benchmark.x_dim, config.latent_dim, sigma, key=k, learn_sigma=config.learn_sigma,
+                width=config.hidden_width, depth=config.hidden_depth, activation=config.activation,
+            )
+            for k in keys
+        ]
+    )
+
+
+def fit_decoder_to_truth(
+    models: VAE, benchmark: Benchmark, key: jax.Array, *, steps: int, progress: bool = False
+) -> VAE:
+    """Regress each restart's decoder onto the true decoder ``f_gt``.
+
+    Minimises ``(1/B) sum_b ||f_theta(z_b) - f_gt(z_b[:K_gt])||^2`` with fresh ``z_b ~ N(0, I_K)`` every
+    step (batch 512), so extra latent dimensions are taught to be ignored.
+    """
+    latent_dim = models.latent_dim
+
+    def loss(model, _batch, k):
+        z = jax.random.normal(k, (512, latent_dim))
+        pred = jax.vmap(model.decoder)(z)
+        target = jax.vmap(benchmark.f_gt)(z[:, : benchmark.latent_dim])
+        return jnp.mean(jnp.sum((pred - target) ** 2, axis=-1)), None
+
+    return optimise(
+        models, loss, None, key, steps=steps, batch_size=512, learning_rate=3e-3,
+        final_lr_factor=0.03, trainable=lambda m: m.decoder, eval_every=max(1, steps // 10),
+        description="fit decoder to f_gt", progress=progress,
+    ).model
+
+
+def _score_fn(config: FitConfig, key: jax.Array) -> Callable[[VAE, jax.Array], jax.Array]:
+    """Mean validation bound of the training objective (fixed key, so it is deterministic)."""
+    samples = config.num_samples if config.objective == "iwae" else config.eval_samples
+    bound = bound_fn(config.objective, samples)
+    return lambda model, x: jnp.mean(bound(model, x, key).bound)
+
+
+def fit_encoder(
+    models: VAE, splits: Splits, config: FitConfig, key: jax.Array, *, steps: int,
+    converge: bool = False, description: str = "fit encoder", progress: bool = False,
+) -> OptimiseResult:
+    """Train only the encoders of stacked models on the training objective, decoders frozen.
+
+    This is the "best encoder" for a fixed decoder: maximising the ELBO over ``phi`` alone minimises
+    ``E_p(x)[KL(q_phi(z|x) || p_theta(z|x))]``.
+    """
+    k_train, k_score = jax.random.split(key)
+    loss = loss_fn(config.objective, _train_samples(config), config.dreg)
+    return optimise(
+        models, loss, _as_f32(splits.train.x), k_train, steps=steps,
+        batch_size=config.batch_size, learning_rate=config.learning_rate,
+        final_lr_factor=config.final_lr_factor, trainable=lambda m: m.encoder,
+        score=_score_fn(config, k_score), score_data=_as_f32(splits.val.x),
+        eval_every=config.eval_every, patience=config.patience, tol=config.tol,
+        converge=converge, description=description, progress=progress,
+    )
+
+
+def truth_model(
+    benchmark: Benchmark, splits: Splits, config: FitConfig, key: jax.Array, *, progress: bool = False
+) -> VAE:
+    """The ground-truth model (exact decoder ``f_gt``, true ``sigma_eps``) with its best encoder.
+
+    The encoder is trained to convergence with the decoder fixed at the truth, using the same
+    objective, budget and optimiser as the restarts, so ``bound(truth) - bound(learned)`` measures how
+    far the truth is from the objective's optimum. Only defined for ``latent_dim == benchmark.latent_dim``
+    in the sense that extra latent dimensions are ignored by the decoder.
+    """
+    decoder = TrueDecoder(f_gt=benchmark.f_gt, true_latent_dim=benchmark.latent_dim)
+    model = make_vae(
+        benchmark.x_dim, config.latent_dim, benchmark.sigma_eps, key=key,
+        width=config.hidden_width, depth=config.hidden_depth, activation=config.activation,
+        decoder=decoder,
+    )
+    result = fit_encoder(
+        stack([model]), splits, config, jax.random.fold_in(key, 1), steps=config.steps,
+        converge=config.converge, description="truth: best encoder", progress=progress,
+    )
+    return take(result.model, 0)
+
+
+def _train_samples(config: FitConfig) -> int:
+    return config.num_samples if config.objective == "iwae" else 1
+
+
+def _as_f32(x: np.ndarray) -> jax.Array:
+    return jnp.asarray(x, dtype=jnp.float32)
+
+
+@dataclass(frozen=True)
+class RestartOutcome:
+    """All restarts of one configuration after training (stacked) and their bookkeeping."""
+
+    models: VAE
+    start: list[str]
+    diverged: np.ndarray
+    best_val: np.ndarray
+    steps: int
+    history: np.ndarray
+
+
+def train_restarts(
+    benchmark: Benchmark, splits: Splits, config: FitConfig, *, progress: bool = True
+) -> RestartOutcome:
+    """Run the paper's protocol: ``n_truth`` restarts from the truth, the rest random, all trained together.
+
+    Truth restarts: decoder regressed onto ``f_gt`` (:func:`fit_decoder_to_truth`), then the encoder
+    trained with the decoder frozen (:func:`fit_encoder`), for ``init_steps`` each. Then every restart
+    trains all its parameters on the objective for up to ``steps`` steps, keeping its best-validation
+    parameters.
+    """
+    key = jax.random.PRNGKey(config.seed)
+    k_init, k_dec, k_enc, k_train, k_score = jax.random.split(key, 5)
+    init_keys = jax.vmap(lambda r: jax.random.fold_in(k_init, r))(jnp.arange(config.restarts))
+    models = init_models(config, benchmark, list(init_keys))
+    n_truth = config.n_truth
+    if n_truth > 0 and config.init_steps > 0:
+        truth = take(models, slice(0, n_truth))
+        truth = fit_decoder_to_truth(
+            truth, benchmark, k_dec, steps=config.init_steps, progress=progress
+        )
+        truth = fit_encoder(
+            truth, splits, config, k_enc, steps=config.init_steps, progress=progress,
+            description="fit encoder to truth",
+        ).model
+        models = concat(truth, take(models, slice(n_truth, None)))
+    result = optimise(
+        models, loss_fn(config.objective, _train_samples(config), config.dreg),
+        _as_f32(splits.train.x), k_train, steps=config.steps, batch_size=config.batch_size,
+        learning_rate=config.learning_rate, final_lr_factor=config.final_lr_factor,
+        score=_score_fn(config, k_score), score_data=_as_f32(splits.val.x),
+        eval_every=config.eval_every, patience=config.patience, tol=config.tol,
+        converge=config.converge,
+        description=f"{config.benchmark} {config.objective} K={config.latent_dim}",
+        progress=progress,
+    )
+    start = ["truth"] * n_truth + ["random"] * (config.restarts - n_truth)
+    return RestartOutcome(
+        models=result.model, start=start, diverged=result.diverged, best_val=result.best_score,
+        steps=result.steps, history=result.history,
+    )
+
+
+def evaluate_bounds(
+    models: VAE, x: np.ndarray, config: FitConfig, key: jax.Array, chunk: int = 1000
+) -> dict[str, np.ndarray]:
+    """Mean ELBO and mean training-objective bound of every stacked restart on ``x``.
+
+    Returns ``{"elbo": (R,), "bound": (R,)}``: ``elbo`` is ``(1/n) sum_i ELBO(x_i)`` with
+    ``eval_samples`` samples per point; ``bound`` is the training objective's bound (equal in
+    expectation to ``elbo`` for ``vae``; ``IWAE_S`` for ``iwae``). Points are processed in chunks.
+    """
+    params, static = eqx.partition(models, eqx.is_inexact_array)
+
+    @jax.jit
+    def chunk_means(p, xc, k):
+        model = eqx.combine(p, static)
+        bound = _score_fn(config, k)(model, xc)
+        return bound, jnp.mean(elbo(model, xc, jax.random.fold_in(k, 1), config.eval_samples).bound)
+
+    run = jax.vmap(chunk_means, in_axes=(0, None, None))
+    xs = _as_f32(x)
+    totals = {"bound": 0.0, "elbo": 0.0}
+    for i, start in enumerate(range(0, len(xs), chunk)):
+        xc = xs[start : start + chunk]
+        bound, elbo_mean = run(params, xc, jax.random.fold_in(key, i))
+        totals["bound"] = totals["bound"] + np.asarray(bound, np.float64) * len(xc) / len(xs)
+        totals["elbo"] = totals["elbo"] + np.asarray(elbo_mean, np.float64) * len(xc) / len(xs)
+    return totals
