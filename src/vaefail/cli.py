@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from vaefail.errors import DataError, StoreError, VaefailError
 
@@ -26,8 +27,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+console = Console(highlight=False)
+if not console.is_terminal:  # pipes and logs: wide enough that tables are not squeezed
+    console = Console(highlight=False, width=160)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -39,7 +42,7 @@ def friendly(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except VaefailError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+            err_console.print(Text.assemble(("error: ", "bold red"), str(err)))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
@@ -131,7 +134,7 @@ def fit_cmd(
     sigma_eps: Annotated[float | None, typer.Option(help="Noise std (default: the truth).")] = None,
     learn_sigma: Annotated[bool, typer.Option(help="Learn sigma_eps.")] = False,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 256,
-    learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-2,
     init_steps: Annotated[int, typer.Option(help="Steps of each truth-initialisation phase.")] = 3000,
     converge: Annotated[bool, typer.Option(help="Stop when the validation bound converges.")] = True,
     truth: Annotated[bool, typer.Option(help="Also fit the true decoder's best encoder.")] = True,
@@ -187,7 +190,7 @@ def print_result(result: Any) -> None:
             f"ground truth with its best encoder: test -{bound} {-s['truth_test_bound']:.4f}, "
             f"test -ELBO {-s['truth_test_elbo']:.4f} ({verdict})"
         )
-    console.print("\n".join(lines), highlight=False)
+    console.print("\n".join(lines), markup=False)
 
 
 def main() -> None:

@@ -33,7 +33,11 @@ class FitConfig:
     learn_sigma
         Train ``sigma_eps`` (starting from ``sigma_eps``) instead of fixing it.
     hidden_width, hidden_depth, activation
-        Encoder and decoder MLPs.
+        Encoder and decoder MLPs. Default 2 x 50 leaky-ReLU, with ``learning_rate`` 1e-2: measured on figure8,
+        K = 1, 4 random restarts, 10,000 steps, best test -ELBO: tanh at 1e-3 1.48, tanh at 1e-2 1.15,
+        ReLU at 1e-2 1.06, leaky ReLU at 1e-2 1.07 (exact -E log p(x) 0.89). ReLU-type decoders also fit
+        the steps of ``clusters`` far better when initialised at the truth (median error 0.03 sigma_eps
+        against 0.29 for tanh).
     restarts, truth_restarts
         Number of restarts ``R``, and how many of them start at the ground truth (default ``R // 2``).
     steps, batch_size, learning_rate, final_lr_factor
@@ -64,12 +68,12 @@ class FitConfig:
     learn_sigma: bool = False
     hidden_width: int = 50
     hidden_depth: int = 2
-    activation: str = "tanh"
+    activation: str = "leaky_relu"
     restarts: int = 10
     truth_restarts: int | None = None
     steps: int = 30000
     batch_size: int = 256
-    learning_rate: float = 1e-3
+    learning_rate: float = 1e-2
     final_lr_factor: float = 0.1
     eval_every: int = 500
     patience: int = 6

@@ -128,7 +128,7 @@ def make_vae(
     learn_sigma: bool = False,
     width: int = 50,
     depth: int = 2,
-    activation: str = "tanh",
+    activation: str = "leaky_relu",
     decoder: MLPDecoder | TrueDecoder | None = None,
 ) -> VAE:
     """Build a VAE with freshly initialised MLPs.

@@ -7,6 +7,7 @@ and ``summary.json``. Folders are written atomically: into a temporary sibling, 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -75,11 +76,8 @@ class FitResult:
         check_writable(path)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
-            meta = {"format": RUN_FORMAT, "selected": self.selected, "config": self.config.to_dict()}
-            (tmp / "config.json").write_text(json.dumps(meta, indent=2))
-            eqx.tree_serialise_leaves(tmp / "models.eqx", self.models)
-            self.restarts.to_csv(tmp / "restarts.csv", index=False)
-            (tmp / "summary.json").write_text(json.dumps(self.summary, indent=2))
+            for name, data in self.to_files().items():
+                (tmp / name).write_bytes(data)
             if path.exists():
                 old = path.with_name(f".{path.name}.old-{os.getpid()}")
                 path.rename(old)
@@ -91,6 +89,18 @@ class FitResult:
             if tmp.exists():
                 shutil.rmtree(tmp)
         return path
+
+    def to_files(self) -> dict[str, bytes]:
+        """The run folder's files as bytes (what :meth:`save` writes), e.g. to ship from a worker."""
+        meta = {"format": RUN_FORMAT, "selected": self.selected, "config": self.config.to_dict()}
+        buffer = io.BytesIO()
+        eqx.tree_serialise_leaves(buffer, self.models)
+        return {
+            "config.json": json.dumps(meta, indent=2).encode(),
+            "models.eqx": buffer.getvalue(),
+            "restarts.csv": self.restarts.to_csv(index=False).encode(),
+            "summary.json": json.dumps(self.summary, indent=2).encode(),
+        }
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> FitResult:

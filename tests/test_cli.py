@@ -1,0 +1,85 @@
+"""Every CLI command, its output, and one clear message + non-zero exit for each kind of bad input."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import vaefail
+from vaefail.cli import app
+
+runner = CliRunner()
+TINY = ["--restarts", "2", "--steps", "200", "--init-steps", "100", "--quiet"]
+
+
+def run(*args):
+    return runner.invoke(app, list(args))
+
+
+def test_benchmarks_lists_all():
+    result = run("benchmarks")
+    assert result.exit_code == 0
+    for name in vaefail.list_benchmarks():
+        assert name in result.output
+
+
+def test_sample_writes_csv(tmp_path):
+    out = tmp_path / "s.csv"
+    result = run("sample", "--benchmark", "clusters", "-n", "50", "--out", str(out), "--param", "beta=100")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == ["x0", "x1", "z0"] and len(frame) == 50
+
+
+def test_fit_prints_table_and_saves_run(tmp_path):
+    out = tmp_path / "run"
+    result = run("fit", "--benchmark", "quadratic", "--out", str(out), *TINY)
+    assert result.exit_code == 0, result.output
+    assert "selected restart" in result.output and "ground truth with its best encoder" in result.output
+    assert "exact test -E[log p_gt(x)]" in result.output
+    loaded = vaefail.load(out)
+    assert loaded.config.benchmark == "quadratic" and len(loaded.restarts) == 2
+
+
+def test_fit_iwae_dreg(tmp_path):
+    result = run("fit", "-b", "linear", "--objective", "iwae", "-s", "4", "--dreg", "-k", "2",
+                 "--no-truth", *TINY)
+    assert result.exit_code == 0, result.output
+    assert "IWAE_4" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["fit", "--benchmark", "nope"], "unknown benchmark 'nope'"),
+        (["fit", "--latent-dim", "0"], "K must be >= 1"),
+        (["fit", "--restarts", "0"], "restarts must be >= 1"),
+        (["fit", "--sigma-eps", "0"], "sigma_eps must be > 0"),
+        (["fit", "--sigma-eps", "nan"], "sigma_eps must be > 0"),
+        (["fit", "--objective", "elbo"], "unknown objective 'elbo'"),
+        (["fit", "--out", "/proc/cannot/write"], "cannot write"),
+        (["fit", "--param", "beta"], "NAME=VALUE"),
+        (["fit", "-b", "clusters", "--param", "beta=-1"], "beta"),
+        (["sample", "-b", "linear", "-n", "0"], "-n must be >= 1"),
+        (["sample", "-b", "figure9"], "Did you mean 'figure8'"),
+    ],
+)
+def test_bad_input_one_message_nonzero_exit(args, message):
+    result = run(*args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert result.output.count("error:") == 1
+
+
+def test_fit_refuses_to_overwrite_a_foreign_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    result = run("fit", "--out", str(tmp_path), *TINY)
+    assert result.exit_code == 2 and "not a vaefail run" in result.output
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_load_rejects_non_run(tmp_path):
+    with pytest.raises(vaefail.VaefailError, match="not a vaefail run folder"):
+        vaefail.load(tmp_path)
