@@ -42,8 +42,8 @@ class FitResult:
         Every restart's model, stacked along a leading restart axis (see :func:`vaefail.training.take`).
     restarts
         One row per restart: ``restart, start (truth|random), status (ok|diverged), steps,
-        train_bound, val_bound, test_bound, test_elbo, sigma_eps, selected``. Bounds are means over
-        points of the per-point bound, in nats (higher is better).
+        train_bound (first 2,000 training points), val_bound, test_bound, test_elbo, sigma_eps, selected``.
+        Bounds are means over points of the per-point bound, in nats (higher is better).
     selected
         Index of the selected restart (best validation bound among those that did not diverge).
     summary

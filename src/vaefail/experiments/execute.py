@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -93,15 +94,16 @@ def _run_ray(todo: list[Job], run: Callable, address: str | None, workers: int):
         raise ConfigError(
             "--executor ray needs Ray: pip install 'vaefail[ray]'"
         ) from None
-    try:
-        if address is None:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": {"XLA_FLAGS": SINGLE_THREAD_XLA}})
-        else:
-            ray.init(address=address, log_to_driver=False,
-                     runtime_env={"env_vars": {"XLA_FLAGS": SINGLE_THREAD_XLA}})
-    except Exception as err:  # Ray raises ConnectionError, RuntimeError, ValueError, ...
-        raise VaefailError(f"cannot connect to a Ray cluster at {address!r}: {err}") from None
+    env = {"env_vars": {"XLA_FLAGS": SINGLE_THREAD_XLA}}
+    if address is None:  # a private local instance, on the loopback interface only
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, runtime_env=env,
+                 _node_ip_address="127.0.0.1")
+    else:
+        _check_reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=False, runtime_env=env)
+        except Exception as err:  # Ray raises ConnectionError, RuntimeError, ValueError, ...
+            raise VaefailError(f"cannot connect to the Ray cluster at {address!r}: {err}") from None
     try:
         remote = ray.remote(num_cpus=1)(run)
         pending = {remote.remote(spec): key for key, spec in todo}
@@ -111,6 +113,22 @@ def _run_ray(todo: list[Job], run: Callable, address: str | None, workers: int):
                 yield pending.pop(ref), ray.get(ref)
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast with a clear message if nothing listens at ``host:port`` (Ray would retry for minutes)."""
+    if address == "auto":
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"--address must be HOST:PORT (or 'auto'), got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise VaefailError(
+            f"no Ray cluster reachable at {address}: {err.strerror or err}. Start one with "
+            "`ray start --head` or drop --address to use a local instance."
+        ) from None
 
 
 @contextmanager

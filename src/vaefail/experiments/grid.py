@@ -24,7 +24,7 @@ from vaefail.config import FitConfig
 from vaefail.errors import ConfigError, unknown_name
 
 EXPERIMENTS = ("table1", "px", "latent", "sigma")
-PRESETS = ("quick", "paper")
+PRESETS = ("quick", "paper", "smoke")
 LABEL_KEYS = ("benchmark", "objective", "latent_dim", "sigma_mode", "sigma_factor")
 
 
@@ -73,7 +73,9 @@ def load_experiment(name: str, preset: str = "quick", repeats: int | None = None
     if preset not in grid.get("presets", {}):
         raise unknown_name("preset", preset, grid.get("presets", {}))
     settings = dict(grid["presets"][preset])
-    n_repeats = int(settings.pop("repeats", 1) if repeats is None else repeats)
+    n_repeats = int(settings.pop("repeats", 1))
+    if repeats is not None:
+        n_repeats = int(repeats)
     if n_repeats < 1:
         raise ConfigError(f"--repeats must be >= 1, got {n_repeats}")
     axes = grid.get("grid", {})

@@ -101,9 +101,10 @@ def log_likelihood(
     Memory is bounded by ``point_chunk * sample_chunk`` log-weights plus the model's activations for
     that many (point, sample) pairs (about ``point_chunk * sample_chunk * width * 4`` bytes per hidden
     layer: 50 MB at the defaults with width 50), whatever ``len(x)`` and ``num_samples`` are. Measured
-    peak resident memory for 5,000 points x 10,000 samples (figure8, 2x50 MLP): see the README of the
-    metrics (``vaefail.metrics``) module docstring. Every chunk has the same shape (the last point chunk
-    is padded), so the function compiles at most twice (a shorter last sample chunk).
+    for 5,000 points x 10,000 samples (figure8, 2x50 MLP, with ``pareto_k``, 2 cores): resident memory
+    rose by about 110 MB during the call (peak 540 MB for the whole process), 36 s. Every chunk has the
+    same shape (the last point chunk is padded), so the function compiles at most twice (once more for a
+    shorter last sample chunk).
 
     Parameters
     ----------

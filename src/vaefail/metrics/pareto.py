@@ -70,12 +70,16 @@ def gpd_fit(exceedances: np.ndarray, *, prior: bool = True) -> tuple[np.ndarray,
     y = np.atleast_2d(y)
     if y.ndim != 2 or y.shape[1] < 5:
         raise DataError(f"gpd_fit needs rows of at least 5 exceedances, got shape {np.shape(exceedances)}")
-    if not np.all(np.isfinite(y)) or np.any(y < 0) or np.any(y[:, -1] <= 0):
+    if not np.all(np.isfinite(y)) or np.any(y < 0) or np.any(y[:, -1] <= 0) or np.any(np.diff(y, axis=1) < 0):
         raise DataError("exceedances must be finite, >= 0, sorted ascending with a positive maximum")
     n = y.shape[1]
     m_est = 30 + int(math.sqrt(n))
     j = np.arange(1, m_est + 1, dtype=np.float64)
     quartile = y[:, int(n / 4 + 0.5) - 1]
+    # ties at the threshold (exceedances of exactly 0) would make the quartile 0: use the smallest
+    # positive exceedance instead, which keeps every candidate b finite
+    smallest_positive = np.min(np.where(y > 0, y, np.inf), axis=1)
+    quartile = np.where(quartile > 0, quartile, smallest_positive)
     with np.errstate(divide="ignore"):
         b = 1.0 / y[:, -1:] + (1.0 - np.sqrt(m_est / (j - 0.5)))[None, :] / (3.0 * quartile[:, None])
     # k(b_j) for every candidate: (rows, m_est); chunk rows so the (rows, m_est, M) temporary stays small.
@@ -86,6 +90,7 @@ def gpd_fit(exceedances: np.ndarray, *, prior: bool = True) -> tuple[np.ndarray,
     with np.errstate(divide="ignore", invalid="ignore"):
         log_lik = n * (np.log(-b / k_b) - k_b - 1.0)
     log_lik = np.where(np.isfinite(log_lik), log_lik, -np.inf)
+    log_lik[~np.any(np.isfinite(log_lik), axis=1)] = 0.0  # no usable candidate: plain average of b
     weights = np.exp(log_lik - logsumexp(log_lik, axis=1, keepdims=True))
     b_post = np.sum(b * weights, axis=1)
     k = np.mean(np.log1p(-b_post[:, None] * y), axis=1)
@@ -101,8 +106,9 @@ def khat_from_top(top_log_weights: np.ndarray) -> np.ndarray:
     """k-hat per row from the ``M + 1`` largest log-weights of each row (any order).
 
     The largest ``M`` weights minus the ``(M+1)``-th are the exceedances (weights are ``exp(log_w - max)``,
-    in float64). A row whose ``M + 1`` largest weights are all equal (a proposal equal to the target, up to
-    rounding) has bounded weights of no spread; it gets ``k-hat = -inf``.
+    in float64). A row whose ``M + 1`` largest weights agree to a relative ``1e-6`` (a proposal equal to the
+    target up to float32 rounding of the log-weights) has bounded weights of no spread; it gets
+    ``k-hat = -inf``.
 
     Parameters
     ----------
@@ -118,7 +124,7 @@ def khat_from_top(top_log_weights: np.ndarray) -> np.ndarray:
     ok = np.isfinite(top[:, 0])
     w = np.exp(lw - np.where(ok[:, None], top, 0.0))
     y = w[:, 1:] - w[:, :1]
-    spread = y[:, -1] > 1e-12
+    spread = y[:, -1] > 1e-6
     out = np.full(lw.shape[0], -np.inf)
     rows = ok & spread
     if np.any(rows):

@@ -13,19 +13,19 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy.special import logsumexp
 
 from vaefail.errors import ConfigError, DataError, require
+from vaefail.metrics._curve import Curve, as_curve, model_curve
 from vaefail.metrics._stats import Estimate, check_x, finite
-from vaefail.metrics.likelihood import decode, exact_log_likelihood, log_likelihood
+from vaefail.metrics.information import encode
+from vaefail.metrics.likelihood import exact_log_likelihood, log_likelihood
 from vaefail.metrics.pareto import KHAT_THRESHOLD
 from vaefail.models import LOG_2PI, VAE
 
@@ -42,25 +42,6 @@ def _u_grid(points: int, bound: float) -> tuple[np.ndarray, np.ndarray]:
     w[[0, -1]] *= 0.5
     w = w * np.exp(-0.5 * u**2) / math.sqrt(2 * math.pi)
     return u, w / w.sum()
-
-
-def _model_curve(model: VAE) -> Callable[[np.ndarray], np.ndarray]:
-    """``z (m,) -> f_theta(z) (m, D)`` in float64 (the decoder computes in float32), chunked."""
-
-    def f(z: np.ndarray) -> np.ndarray:
-        z = np.asarray(z, np.float64).reshape(-1)
-        out = np.empty((z.size, model.x_dim))
-        step = 1 << 16
-        for p in range(0, z.size, step):
-            zc = z[p : p + step]
-            pad = step - zc.size if z.size > step else 0
-            zz = np.concatenate([zc, np.zeros(pad)]) if pad else zc
-            out[p : p + zc.size] = np.asarray(decode(model, jnp.asarray(zz[:, None], jnp.float32)))[
-                : zc.size
-            ]
-        return out
-
-    return f
 
 
 def posterior_kl(
@@ -106,9 +87,9 @@ def posterior_kl(
     xs = check_x(x, model.x_dim)
     if log_p_model is None:
         log_p_model = exact_log_likelihood(model, xs, grid_size=likelihood_grid_size).per_point
-    mu, log_std = (a[:, 0] for a in _encode_np(model, xs))
+    mu, log_std = (a[:, 0] for a in encode(model, xs))
     u, w = _u_grid(grid_size, bound)
-    f = _model_curve(model)
+    f = model_curve(model)
     sigma = float(model.sigma)
     const = -model.x_dim * (math.log(sigma) + 0.5 * LOG_2PI)
     rec = np.empty(xs.shape[0])
@@ -120,16 +101,6 @@ def posterior_kl(
         rec[p : p + chunk] = ll @ w
     kl_prior = 0.5 * (mu**2 + np.exp(2 * log_std) - 1.0 - 2.0 * log_std)
     return np.asarray(log_p_model, np.float64) - (rec - kl_prior)
-
-
-@eqx.filter_jit
-def _encode_jit(model: VAE, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return jax.vmap(model.encoder)(x)
-
-
-def _encode_np(model: VAE, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mu, log_std = _encode_jit(model, jnp.asarray(xs, jnp.float32))
-    return np.asarray(mu, np.float64), np.asarray(log_std, np.float64)
 
 
 @dataclass(frozen=True)
@@ -172,7 +143,7 @@ class KHat:
 def importance_khat(
     model: VAE, x: np.ndarray, key: jax.Array, num_samples: int = 1000, *, threshold: float = KHAT_THRESHOLD
 ) -> KHat:
-    """Pareto k-hat of the importance weights ``w_s = p_theta(x, z_s) / q(z_s|x)``, ``z_s ~ q(z|x)``, per point.
+    """Pareto k-hat of each point's importance weights ``w_s = p_theta(x, z_s) / q(z_s|x)``, ``z_s ~ q(z|x)``.
 
     Uses :func:`vaefail.metrics.likelihood.log_likelihood` with ``pareto_k=True`` (GPD fitted to the
     ``~3 sqrt(S)`` largest weights, see :mod:`vaefail.metrics.pareto`). k-hat estimates the shape of the
@@ -230,44 +201,14 @@ class GaussianGap:
         }
 
 
-@dataclass(frozen=True)
-class _Curve:
-    """A 1-D latent model ``p(x|z) = N(f(z), sigma^2 I)``, ``z ~ N(0, 1)``."""
-
-    f_jax: Callable[[jax.Array], jax.Array]  # (m, 1) -> (m, D), traceable
-    f_np: Callable[[np.ndarray], np.ndarray]  # (m,) -> (m, D), float64
-    sigma: float
-    x_dim: int
-    name: str
-
-
-def _as_curve(source: Any) -> _Curve:
-    if isinstance(source, VAE):
-        if source.latent_dim != 1:
-            raise ConfigError(f"gaussian_gap needs a 1-D latent, the model has {source.latent_dim}")
-        decoder = source.decoder
-        return _Curve(
-            f_jax=lambda z: jax.vmap(decoder)(z), f_np=_model_curve(source), sigma=float(source.sigma),
-            x_dim=source.x_dim, name="model",
-        )
-    if hasattr(source, "f_gt") and hasattr(source, "f_gt_np") and hasattr(source, "sigma_eps"):
-        if getattr(source, "latent_dim", 1) != 1:
-            raise ConfigError("gaussian_gap needs a benchmark with a 1-D latent")
-        return _Curve(
-            f_jax=source.f_gt, f_np=lambda z: source.f_gt_np(np.asarray(z).reshape(-1, 1)),
-            sigma=float(source.sigma_eps), x_dim=int(source.x_dim), name=getattr(source, "name", "benchmark"),
-        )
-    raise ConfigError(f"gaussian_gap needs a benchmark or a K = 1 VAE, got {type(source).__name__}")
-
-
 def gaussian_gap(
     source: Any,
     x: np.ndarray,
     *,
     threshold: float = GAP_THRESHOLD,
     z_grid: np.ndarray | None = None,
-    newton_steps: int = 25,
-    newton_nodes: int = 801,
+    newton_steps: int = 20,
+    newton_nodes: int = 401,
     eval_nodes: int = 1601,
 ) -> GaussianGap:
     """How far each point's posterior is from the closest Gaussian: ``min_{m,s} KL(N(m, s^2) || p(z|x))``.
@@ -305,7 +246,7 @@ def gaussian_gap(
     newton_steps, newton_nodes, eval_nodes
         Optimiser and quadrature settings of steps 2 and 3.
     """
-    curve = _as_curve(source)
+    curve = as_curve(source, what="gaussian_gap")
     xs = check_x(x, curve.x_dim)
     require(newton_steps >= 0 and newton_nodes >= 3 and eval_nodes >= 3, "bad gaussian_gap settings")
     grid = np.linspace(-8.0, 8.0, 8001) if z_grid is None else np.asarray(z_grid, np.float64)
@@ -330,7 +271,7 @@ def gaussian_gap(
     )
 
 
-def _grid_starts(curve: _Curve, xs: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _grid_starts(curve: Curve, xs: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``log p(x)`` by the trapezoid rule on ``grid`` and three starting ``(m, log s)`` per point."""
     f = curve.f_np(grid)  # (G, D)
     dz = np.diff(grid)
@@ -386,8 +327,8 @@ def _curvature_width(lj: np.ndarray, g: np.ndarray, grid: np.ndarray, std: np.nd
     return np.clip(width, 0.5 * np.min(np.diff(grid)), std)
 
 
-def _newton(curve: _Curve, xs: np.ndarray, init: np.ndarray, steps: int, nodes: int) -> np.ndarray:
-    """Maximise ``J(m, b) = E_{u~N(0,1)}[g(m + e^b u)] + b``, ``g(z) = log p(x, z)``, from each row of ``init``.
+def _newton(curve: Curve, xs: np.ndarray, init: np.ndarray, steps: int, nodes: int) -> np.ndarray:
+    """Maximise ``J(m, b) = E_{u~N(0,1)}[g(m + e^b u)] + b``, ``g(z) = log p(x, z)``, from each ``init`` row.
 
     Newton's method needs only values of ``g`` (no derivatives of the decoder): with ``z = m + s u`` and
     Hermite moments ``M_k = E[g(z) He_k(u)]`` (``He_1 = u``, ``He_2 = u^2 - 1``, ``He_3 = u^3 - 3u``,
@@ -472,7 +413,7 @@ def _newton(curve: _Curve, xs: np.ndarray, init: np.ndarray, steps: int, nodes: 
 
 
 def _exact_kl(
-    curve: _Curve, xs: np.ndarray, params: np.ndarray, log_p: np.ndarray, nodes: int
+    curve: Curve, xs: np.ndarray, params: np.ndarray, log_p: np.ndarray, nodes: int
 ) -> np.ndarray:
     """``KL(N(m, s^2) || p(z|x))`` per row, trapezoid in ``N``'s coordinates on ``[-8, 8]``, float64."""
     u, w = _u_grid(nodes, 8.0)

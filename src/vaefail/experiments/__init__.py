@@ -1,0 +1,1 @@
+"""Experiments: declarative grids, a resumable results store, local/Ray execution, tables, claims, reports."""

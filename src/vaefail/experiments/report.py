@@ -1,0 +1,463 @@
+"""The report of ``vaefail reproduce``: figures, a self-contained ``report.html`` and ``report.md``.
+
+:func:`write_outputs` draws the figures (:mod:`vaefail.experiments.figures`) into ``OUT/figures/`` and writes
+
+- ``OUT/report.html``: one file with inline CSS and the figures embedded as base64 ``data:`` URIs, readable
+  in a browser without a server or any external resource;
+- ``OUT/report.md``: the same content in Markdown, figures referenced by relative path ``figures/...``.
+
+Both list, per experiment, its description, its table (mean ± std over repeats), its figures; then every
+claim with a REPRODUCED / NOT REPRODUCED badge, and what did not reproduce with the likely reason. Files are
+written atomically (temporary file + rename); all text is escaped into HTML.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vaefail.errors import StoreError
+from vaefail.experiments.figures import FigureFile, make_figures
+
+#: What each table column means (shown under each table, for the columns it has).
+COLUMN_HELP: dict[str, str] = {
+    "repeats": "independent repetitions (data and initialisation); cells are mean ± std over them",
+    "test_neg_elbo": "test -ELBO: the objective's own bound (the IWAE bound for IWAE), negated; nats/point",
+    "test_neg_plain_elbo": "test -ELBO of the plain ELBO, whatever the training objective",
+    "test_neg_ll": "held-out -log p_theta(x) (exact quadrature for K <= 2, else importance sampling)",
+    "mleo": "MLEO = KL(p_gt(x) || p_theta(x)): how badly the model fits the data distribution",
+    "pmo": "PMO = E[KL(q(z|x) || p_theta(z|x))]: how far the encoder is from the model's posterior",
+    "avg_mi": "average over latent dimensions of I(x; z_i) (the paper's Table 1 quantity)",
+    "mi_total": "I(x; z) with the joint q(z|x)",
+    "active_units": "latent dimensions whose encoder mean varies with x",
+    "sigma_eps": "the model's observation noise sigma_eps (learned or fixed)",
+    "truth_test_neg_elbo": "the ground truth (true decoder, its best encoder): test -bound",
+    "curve_distance": "distance between the learned curve f_theta and the true curve f_gt (data units)",
+    "crossing_distance": "distance from the learned curve to the Figure-8 crossing (0, 0)",
+    "posterior_gap_model": "mean KL from the model's exact posterior to its closest Gaussian",
+    "posterior_gap_truth": "mean KL from the true posterior to its closest Gaussian",
+    "latent_agreement": "|Spearman correlation| of the learned z with the true z",
+    "test_neg_log_prob_true": "true -E log p_gt(x) on the test data (the floor any model can reach)",
+}
+
+LABEL_ORDER = ("benchmark", "objective", "latent_dim", "sigma_mode", "sigma_factor")
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1150px;
+       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { border-bottom: 2px solid #444; padding-bottom: .2em; }
+h2 { border-bottom: 1px solid #bbb; padding-bottom: .15em; margin-top: 2em; }
+code, pre { background: #f3f3f3; border-radius: 3px; }
+pre { padding: .6em; overflow-x: auto; }
+table { border-collapse: collapse; margin: .8em 0; font-size: 0.86em; }
+th, td { border: 1px solid #aaa; padding: .25em .5em; text-align: right; vertical-align: top; }
+th { background: #eee; }
+td.label, th.label { text-align: left; }
+.wide { overflow-x: auto; }
+img { max-width: 100%; height: auto; border: 1px solid #ddd; }
+figure { margin: 1.2em 0; }
+figcaption { font-size: 0.9em; color: #444; }
+.badge { display: inline-block; padding: .1em .5em; border-radius: 3px; font-weight: bold;
+         font-size: 0.8em; color: #fff; letter-spacing: .03em; }
+.yes { background: #2e7d32; } .no { background: #c62828; } .na { background: #757575; }
+.claim { border: 1px solid #ccc; border-radius: 4px; padding: .5em .8em; margin: .8em 0; }
+.claim .id { font-family: monospace; color: #555; }
+.warn { background: #fff3cd; border: 1px solid #e0c36c; padding: .5em .8em; border-radius: 4px; }
+dl.help dt { font-family: monospace; float: left; clear: left; width: 14em; }
+dl.help dd { margin-left: 15em; font-size: 0.9em; }
+"""
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """What :func:`write_outputs` wrote."""
+
+    html: Path
+    markdown: Path
+    figures: list[Path]
+    errors: list[str]
+
+
+def write_outputs(store: Any, experiments: list[Any], tables: dict[str, pd.DataFrame],
+                  claims: list[dict[str, Any]], *, preset: str) -> ReportFiles:
+    """Draw the figures and write ``report.html`` and ``report.md`` into the store's root folder.
+
+    Parameters
+    ----------
+    store
+        The :class:`~vaefail.experiments.store.ResultsStore` holding the runs.
+    experiments
+        The :class:`~vaefail.experiments.grid.Experiment` objects that were run (name, description, tasks).
+    tables
+        One table per experiment (from ``build_table``).
+    claims
+        The evaluated claims (``claims.evaluate_claims``).
+    preset
+        The preset the experiments ran at (shown in the report and the command to reproduce it).
+    """
+    root = Path(store.root)
+    figures, errors = make_figures(store, tables, root / "figures")
+    context = _Context(
+        title="vaefail: reproducing “Failure Modes of Variational Autoencoders”",
+        date=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        preset=preset,
+        command=reproduce_command(experiments, tables, preset, root),
+        experiments=experiments,
+        tables=tables,
+        figures=figures,
+        claims=claims,
+        errors=errors,
+        root=root,
+    )
+    html_path, md_path = root / "report.html", root / "report.md"
+    _write_atomic(html_path, render_html(context).encode("utf-8"))
+    _write_atomic(md_path, render_markdown(context).encode("utf-8"))
+    return ReportFiles(html_path, md_path, [f.path for fs in figures.values() for f in fs], errors)
+
+
+@dataclass(frozen=True)
+class _Context:
+    title: str
+    date: str
+    preset: str
+    command: str
+    experiments: list[Any]
+    tables: dict[str, pd.DataFrame]
+    figures: dict[str, list[FigureFile]]
+    claims: list[dict[str, Any]]
+    errors: list[str]
+    root: Path
+
+
+# ------------------------------------------------------------------------------------------------
+# Content shared by both formats
+# ------------------------------------------------------------------------------------------------
+
+
+def reproduce_command(experiments: list[Any], tables: dict[str, pd.DataFrame], preset: str,
+                      root: Path) -> str:
+    """The ``vaefail reproduce`` command line(s) that recreate these results."""
+    from vaefail.experiments.grid import EXPERIMENTS, load_grid
+
+    names = [e.name for e in experiments]
+    targets = ["all"] if sorted(names) == sorted(EXPERIMENTS) else names
+    repeats = set()
+    for name in names:
+        table = tables.get(name)
+        if table is not None and "repeats" in table and len(table):
+            repeats.add(int(table["repeats"].max()))
+    extra = ""
+    if len(repeats) == 1:
+        n = repeats.pop()
+        try:
+            default = int(load_grid(names[0])["presets"][preset].get("repeats", 1))
+        except Exception:  # noqa: BLE001 - a custom preset: just state the repeats
+            default = -1
+        if n != default:
+            extra = f" --repeats {n}"
+    return "\n".join(f"vaefail reproduce {t} --preset {preset} --out {_shell_quote(str(root))}{extra}"
+                     for t in targets)
+
+
+def _shell_quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool | np.bool_)
+
+
+def _fmt_number(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, bool | np.bool_):
+        return str(bool(v))
+    if isinstance(v, int | np.integer):
+        return str(int(v))
+    if _is_number(v):
+        v = float(v)
+        if not math.isfinite(v):
+            return "n/a"
+        if v != 0 and (abs(v) >= 1e5 or abs(v) < 10 ** -digits):
+            return f"{v:.{digits}g}"
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def format_table(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[bool]]:
+    """Headers, string rows ("mean ± std" per metric) and which columns are labels (left-aligned).
+
+    The ``keys`` column and the ``_std`` companions (folded into their metric) are dropped.
+    """
+    columns = [c for c in table.columns if c != "keys" and not c.endswith("_std")]
+    labels = [c in LABEL_ORDER for c in columns]
+    rows = []
+    for _, row in table.iterrows():
+        cells = []
+        for col, is_label in zip(columns, labels, strict=True):
+            value = row[col]
+            if is_label:
+                cells.append(f"{value:g}" if isinstance(value, float) else str(value))
+            elif col == "repeats":
+                cells.append(str(int(value)))
+            else:
+                cell = _fmt_number(value)
+                std = row.get(f"{col}_std")
+                if cell != "n/a" and std is not None and _is_number(std) and math.isfinite(float(std)):
+                    cell += f" ± {_fmt_number(std)}"
+                cells.append(cell)
+        rows.append(cells)
+    return columns, rows, labels
+
+
+def _badge(reproduced: bool | None) -> tuple[str, str]:
+    """(text, css class) of a claim's verdict."""
+    if reproduced is True:
+        return "REPRODUCED", "yes"
+    if reproduced is False:
+        return "NOT REPRODUCED", "no"
+    return "NOT TESTED", "na"
+
+
+def _numbers(numbers: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(str(k), _fmt_number(v, 4)) for k, v in (numbers or {}).items()]
+
+
+def _reason(claim: dict[str, Any], preset: str) -> str:
+    note = str(claim.get("note") or "").strip()
+    if note:
+        return note
+    if preset in ("quick", "smoke"):
+        return f"see the numbers; the {preset} preset trains briefly"
+    return "see the numbers"
+
+
+def _summary_counts(claims: list[dict[str, Any]]) -> str:
+    yes = sum(c.get("reproduced") is True for c in claims)
+    no = sum(c.get("reproduced") is False for c in claims)
+    na = len(claims) - yes - no
+    text = f"{yes} of {len(claims)} claims reproduced, {no} not reproduced"
+    return text + (f", {na} not tested" if na else "")
+
+
+def _preset_warning(preset: str) -> str | None:
+    if preset == "smoke":
+        return ("This is the smoke preset (100 training steps): it checks the pipeline end to end; its "
+                "numbers are meaningless and no verdict below means anything.")
+    if preset == "quick":
+        return ("This is the quick preset: short training and few repeats. Verdicts that depend on "
+                "convergence (the paper trains for 30,000 steps) may differ at --preset paper.")
+    return None
+
+
+def _experiment_list(ctx: _Context) -> list[Any]:
+    return [e for e in ctx.experiments if e.name in ctx.tables]
+
+
+def _description(experiment: Any) -> str:
+    return " ".join(str(experiment.description or "").split())
+
+
+# ------------------------------------------------------------------------------------------------
+# HTML
+# ------------------------------------------------------------------------------------------------
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _html_table(headers: list[str], rows: list[list[str]], labels: list[bool] | None = None) -> str:
+    labels = labels or [False] * len(headers)
+    cls = [' class="label"' if is_label else "" for is_label in labels]
+    out = ['<div class="wide"><table>', "<thead><tr>"]
+    out += [f"<th{c}>{_e(h)}</th>" for h, c in zip(headers, cls, strict=True)]
+    out.append("</tr></thead><tbody>")
+    for row in rows:
+        out.append("<tr>" + "".join(f"<td{c}>{_e(v)}</td>" for v, c in zip(row, cls, strict=True)) + "</tr>")
+    out.append("</tbody></table></div>")
+    return "\n".join(out)
+
+
+def _html_figure(fig: FigureFile) -> str:
+    data = base64.b64encode(fig.png).decode("ascii")
+    return (f'<figure id="{_e(fig.path.stem)}"><img src="data:image/png;base64,{data}" alt="{_e(fig.title)}">'
+            f"<figcaption><b>{_e(fig.title)}.</b> {_e(fig.caption)} "
+            f"(<code>figures/{_e(fig.path.name)}</code>)</figcaption></figure>")
+
+
+def _html_claim(claim: dict[str, Any]) -> str:
+    text, cls = _badge(claim.get("reproduced"))
+    numbers = _numbers(claim.get("numbers") or {})
+    parts = [
+        f'<div class="claim" id="claim-{_e(claim.get("id", ""))}">',
+        f'<span class="badge {cls}">{_e(text)}</span> <span class="id">{_e(claim.get("id", ""))}</span>',
+        f"<p>{_e(claim.get('statement', ''))}</p>",
+        f"<p><b>Comparison:</b> {_e(claim.get('comparison', ''))}</p>",
+    ]
+    if numbers:
+        parts.append(_html_table([k for k, _ in numbers], [[v for _, v in numbers]]))
+    if claim.get("note"):
+        parts.append(f"<p><b>Note:</b> {_e(claim['note'])}</p>")
+    parts.append("</div>")
+    return "\n".join(parts)
+
+
+def render_html(ctx: _Context) -> str:
+    """The whole report as one self-contained HTML document."""
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(ctx.title)}</title>",
+        f"<style>{CSS}</style>",
+        "</head><body>",
+        f"<h1>{_e(ctx.title)}</h1>",
+        f"<p>Generated {_e(ctx.date)} &middot; preset <b>{_e(ctx.preset)}</b> &middot; "
+        f"{_e(_summary_counts(ctx.claims))}.</p>",
+    ]
+    warning = _preset_warning(ctx.preset)
+    if warning:
+        out.append(f'<p class="warn">{_e(warning)}</p>')
+    out += [
+        "<p>Reproduce with:</p>",
+        f"<pre><code>{_e(ctx.command)}</code></pre>",
+        "<p>Yacoby, Pan and Doshi-Velez (2020), <i>Failure Modes of Variational Autoencoders and Their "
+        "Effects on Downstream Tasks</i>, arXiv:2007.07124.</p>",
+        "<h2>Contents</h2><ul>",
+    ]
+    for e in _experiment_list(ctx):
+        out.append(f'<li><a href="#exp-{_e(e.name)}">{_e(e.name)}</a></li>')
+    out.append('<li><a href="#claims">Claims</a></li><li><a href="#not-reproduced">What did not reproduce'
+               "</a></li></ul>")
+    for e in _experiment_list(ctx):
+        table = ctx.tables[e.name]
+        headers, rows, labels = format_table(table)
+        out += [
+            f'<h2 id="exp-{_e(e.name)}">Experiment: {_e(e.name)}</h2>',
+            f"<p>{_e(_description(e))}</p>",
+            _html_table(headers, rows, labels),
+            f'<p>Raw numbers: <a href="{_e(e.name)}.csv"><code>{_e(e.name)}.csv</code></a>.</p>',
+        ]
+        helps = [(c, COLUMN_HELP[c]) for c in headers if c in COLUMN_HELP]
+        if helps:
+            out.append('<details><summary>Columns</summary><dl class="help">')
+            out += [f"<dt>{_e(c)}</dt><dd>{_e(h)}</dd>" for c, h in helps]
+            out.append("</dl></details>")
+        out += [_html_figure(f) for f in ctx.figures.get(e.name, [])]
+    if ctx.errors:
+        out.append('<p class="warn"><b>Figures that could not be drawn:</b></p><ul>')
+        out += [f"<li><code>{_e(err)}</code></li>" for err in ctx.errors]
+        out.append("</ul>")
+    out += ['<h2 id="claims">Claims</h2>', f"<p>{_e(_summary_counts(ctx.claims))}.</p>"]
+    if not ctx.claims:
+        out.append("<p>No claim can be tested from these experiments.</p>")
+    out += [_html_claim(c) for c in ctx.claims]
+    out.append('<h2 id="not-reproduced">What did not reproduce</h2>')
+    failed = [c for c in ctx.claims if c.get("reproduced") is False]
+    untested = [c for c in ctx.claims if c.get("reproduced") is None]
+    if not failed:
+        out.append("<p>Every tested claim reproduced.</p>" if ctx.claims else "<p>No claims were tested.</p>")
+    else:
+        out.append("<ul>")
+        for c in failed:
+            out.append(f"<li><b>{_e(c.get('id', ''))}</b>: {_e(c.get('statement', ''))}<br>"
+                       f"Numbers: {_e(c.get('comparison', ''))}.<br>"
+                       f"Likely reason: {_e(_reason(c, ctx.preset))}.</li>")
+        out.append("</ul>")
+    if untested:
+        out.append("<p>Not tested (the comparison could not be made):</p><ul>")
+        out += [f"<li><b>{_e(c.get('id', ''))}</b>: {_e(c.get('note') or c.get('comparison', ''))}</li>"
+                for c in untested]
+        out.append("</ul>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# Markdown
+# ------------------------------------------------------------------------------------------------
+
+
+def _md_cell(text: Any) -> str:
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(headers: list[str], rows: list[list[str]], labels: list[bool] | None = None) -> str:
+    labels = labels or [False] * len(headers)
+    align = [":---" if is_label else "---:" for is_label in labels]
+    lines = ["| " + " | ".join(_md_cell(h) for h in headers) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(ctx: _Context) -> str:
+    """The report in Markdown; figures referenced by relative path ``figures/<name>.png``."""
+    out = [f"# {ctx.title}", "",
+           f"Generated {ctx.date} · preset **{ctx.preset}** · {_summary_counts(ctx.claims)}.", ""]
+    warning = _preset_warning(ctx.preset)
+    if warning:
+        out += [f"> **Note.** {warning}", ""]
+    out += ["Reproduce with:", "", "```bash", ctx.command, "```", "",
+            "Yacoby, Pan and Doshi-Velez (2020), *Failure Modes of Variational Autoencoders and Their "
+            "Effects on Downstream Tasks*, arXiv:2007.07124.", ""]
+    for e in _experiment_list(ctx):
+        headers, rows, labels = format_table(ctx.tables[e.name])
+        out += [f"## Experiment: {e.name}", "", _description(e), "", _md_table(headers, rows, labels), "",
+                f"Raw numbers: [`{e.name}.csv`]({e.name}.csv).", ""]
+        helps = [(c, COLUMN_HELP[c]) for c in headers if c in COLUMN_HELP]
+        if helps:
+            out += [f"- `{c}`: {h}" for c, h in helps] + [""]
+        for f in ctx.figures.get(e.name, []):
+            rel = f"figures/{f.path.name}"
+            out += [f"![{f.title}]({rel})", "", f"*{f.title}.* {f.caption}", ""]
+    if ctx.errors:
+        out += ["**Figures that could not be drawn:**", ""] + [f"- `{err}`" for err in ctx.errors] + [""]
+    out += ["## Claims", "", f"{_summary_counts(ctx.claims)}.", ""]
+    if not ctx.claims:
+        out += ["No claim can be tested from these experiments.", ""]
+    for c in ctx.claims:
+        text, _ = _badge(c.get("reproduced"))
+        out += [f"### {text}: `{c.get('id', '')}`", "", str(c.get("statement", "")), "",
+                f"**Comparison:** {c.get('comparison', '')}", ""]
+        numbers = _numbers(c.get("numbers") or {})
+        if numbers:
+            out += [_md_table([k for k, _ in numbers], [[v for _, v in numbers]]), ""]
+        if c.get("note"):
+            out += [f"**Note:** {c['note']}", ""]
+    out += ["## What did not reproduce", ""]
+    failed = [c for c in ctx.claims if c.get("reproduced") is False]
+    untested = [c for c in ctx.claims if c.get("reproduced") is None]
+    if not failed:
+        out += ["Every tested claim reproduced." if ctx.claims else "No claims were tested.", ""]
+    for c in failed:
+        out += [f"- **{c.get('id', '')}**: {c.get('statement', '')} Numbers: {c.get('comparison', '')}. "
+                f"Likely reason: {_reason(c, ctx.preset)}."]
+    if failed:
+        out.append("")
+    if untested:
+        out += ["Not tested (the comparison could not be made):", ""]
+        out += [f"- **{c.get('id', '')}**: {c.get('note') or c.get('comparison', '')}" for c in untested]
+        out.append("")
+    return "\n".join(out)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise StoreError(f"cannot write {path}: {err.strerror or err}") from err

@@ -1,0 +1,156 @@
+"""``vaefail reproduce``: run experiment grids into a store, then write tables, figures, claims, a report."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vaefail.errors import StoreError
+from vaefail.experiments.execute import execute
+from vaefail.experiments.grid import Experiment, Task, load_experiments
+from vaefail.experiments.store import ResultsStore, config_hash
+from vaefail.experiments.tasks import run_task
+
+
+@dataclass
+class Reproduction:
+    """What a reproduce run produced."""
+
+    out: Path
+    experiments: list[Experiment]
+    tables: dict[str, pd.DataFrame]
+    claims: list[dict[str, Any]]
+    computed: int
+
+
+def task_key(task: Task) -> str:
+    return config_hash(task.spec())
+
+
+def reproduce(
+    experiment: str = "all",
+    preset: str = "quick",
+    out: str | os.PathLike[str] = "results",
+    *,
+    executor: str = "local",
+    address: str | None = None,
+    repeats: int | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    outputs: bool = True,
+) -> Reproduction:
+    """Run ``experiment`` (or ``"all"``) at ``preset`` into the store at ``out`` and write its outputs.
+
+    Finished configurations already in the store are not recomputed, so an interrupted run resumes.
+    With ``outputs`` false, only the tables are built (no figures, claims or report).
+    """
+    experiments = load_experiments(experiment, preset, repeats)
+    store = ResultsStore(out)
+    jobs = [(task_key(t), t.spec()) for e in experiments for t in e.tasks]
+    computed = execute(jobs, store, run_task, executor=executor, address=address, workers=workers,
+                       progress=progress)
+    tables = {e.name: build_table(e, store) for e in experiments}
+    for name, table in tables.items():
+        _write_atomic(store.root / f"{name}.csv", table.to_csv(index=False).encode())
+    claims: list[dict[str, Any]] = []
+    if outputs:
+        from vaefail.experiments.claims import evaluate_claims
+        from vaefail.experiments.report import write_outputs
+
+        claims = evaluate_claims(tables)
+        _write_atomic(store.root / "claims.json", json.dumps(claims, indent=2).encode())
+        write_outputs(store, experiments, tables, claims, preset=preset)
+    return Reproduction(store.root, experiments, tables, claims, computed)
+
+
+# ------------------------------------------------------------------------------------------------
+# Tables: one row per configuration (labels), mean and std over repetitions
+# ------------------------------------------------------------------------------------------------
+
+
+def _get(record: dict[str, Any], *path: str) -> float:
+    value: Any = record
+    for part in path:
+        if not isinstance(value, dict) or part not in value or value[part] is None:
+            return float("nan")
+        value = value[part]
+    if isinstance(value, dict) and "mean" in value:
+        value = value["mean"]
+    return float(value) if value is not None else float("nan")
+
+
+#: Table columns computed from a task's metrics.json (``summary`` from the fit, ``metrics`` from evaluation).
+COLUMNS: dict[str, Callable[[dict[str, Any]], float]] = {
+    "test_neg_elbo": lambda r: -_get(r, "summary", "test_bound"),
+    "test_neg_plain_elbo": lambda r: -_get(r, "summary", "test_elbo"),
+    "test_neg_ll": lambda r: -_best_log_p(r),
+    "mleo": lambda r: _get(r, "metrics", "split", "mleo"),
+    "pmo": lambda r: _get(r, "metrics", "split", "pmo"),
+    "avg_mi": lambda r: _get(r, "metrics", "mutual_information", "average"),
+    "mi_total": lambda r: _get(r, "metrics", "mutual_information", "total"),
+    "active_units": lambda r: _get(r, "metrics", "mutual_information", "active_units"),
+    "sigma_eps": lambda r: _get(r, "metrics", "run", "sigma_eps"),
+    "truth_test_neg_elbo": lambda r: -_get(r, "summary", "truth_test_bound"),
+    "curve_distance": lambda r: _get(r, "metrics", "failure", "curve", "symmetric"),
+    "crossing_distance": lambda r: _get(r, "metrics", "failure", "crossing", "learned", "distance"),
+    "posterior_gap_model": lambda r: _get(r, "metrics", "failure", "model_posterior_gap", "gap"),
+    "posterior_gap_truth": lambda r: _get(r, "metrics", "failure", "true_posterior_gap", "gap"),
+    "latent_agreement": lambda r: _get(r, "metrics", "latent_agreement", "spearman_abs"),
+    "test_neg_log_prob_true": lambda r: -_get(r, "summary", "test_log_prob_true"),
+}
+
+
+def _best_log_p(record: dict[str, Any]) -> float:
+    """Exact log p_theta (quadrature, K <= 2) when available, else the importance-sampled estimate."""
+    exact = _get(record, "metrics", "likelihood", "log_p_exact")
+    return exact if np.isfinite(exact) else _get(record, "metrics", "likelihood", "log_p_is")
+
+
+def build_table(experiment: Experiment, store: ResultsStore) -> pd.DataFrame:
+    """Aggregate an experiment's finished configurations: mean and ``_std`` (over repeats) per column.
+
+    Columns that are NaN for every row (not applicable to this experiment) are dropped.
+    """
+    rows = []
+    for task in experiment.tasks:
+        key = task_key(task)
+        if not store.has(key):
+            raise StoreError(f"configuration {key} of {experiment.name} is missing from {store.root}")
+        record = store.metrics(key)
+        labels = {k: v for k, v in task.labels.items() if k != "repeat"}
+        rows.append({**labels, "repeat": task.labels["repeat"], "key": key,
+                     **{name: f(record) for name, f in COLUMNS.items()}})
+    frame = pd.DataFrame(rows)
+    label_cols = [c for c in frame.columns if c not in COLUMNS and c not in ("repeat", "key")]
+    grouped = frame.groupby(label_cols, sort=False, dropna=False)
+    table = grouped[list(COLUMNS)].mean()
+    std = grouped[list(COLUMNS)].std(ddof=1).add_suffix("_std")
+    table = pd.concat([table, std], axis=1)
+    table.insert(0, "repeats", grouped.size())
+    table["keys"] = grouped["key"].agg(" ".join)
+    table = table.reset_index()
+    keep = [c for c in table.columns if not (c in COLUMNS and table[c].isna().all())]
+    keep = [c for c in keep if not (c.endswith("_std") and c[:-4] not in keep)]
+    ordered = label_cols + ["repeats"] + [
+        c for name in COLUMNS for c in (name, f"{name}_std") if c in keep
+    ] + ["keys"]
+    return table[ordered]
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise StoreError(f"cannot write {path}: {err.strerror or err}") from err
+
+

@@ -1,0 +1,122 @@
+"""Experiment grids, the results store (atomic, resumable, shared), local and Ray executors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from vaefail.errors import ConfigError, StoreError, UnknownNameError, VaefailError
+from vaefail.experiments.grid import EXPERIMENTS, load_experiment, load_experiments
+from vaefail.experiments.reproduce import reproduce, task_key
+from vaefail.experiments.store import ResultsStore, config_hash
+
+
+def test_every_grid_expands_and_validates_at_every_preset():
+    for name in EXPERIMENTS:
+        for preset in ("quick", "paper", "smoke"):
+            exp = load_experiment(name, preset)
+            assert exp.tasks and exp.description
+            assert len({task_key(t) for t in exp.tasks}) == len(exp.tasks)  # no accidental duplicates
+    table1 = load_experiment("table1", "paper")
+    assert len(table1.tasks) == 2 * 2 * 3 * 2 * 3  # benchmarks x objectives x K x sigma modes x repeats
+    assert {t.fit["restarts"] for t in table1.tasks} == {10}
+    learned = [t for t in table1.tasks if t.labels["sigma_mode"] == "learned"]
+    assert learned and all(t.fit["learn_sigma"] for t in learned)
+    sigma = load_experiment("sigma", "quick", repeats=1)
+    assert sorted(t.fit["sigma_eps"] for t in sigma.tasks)[0] == pytest.approx(0.5 * 0.02**0.5)
+
+
+def test_grid_errors():
+    with pytest.raises(UnknownNameError, match="unknown experiment 'tabel1'.*Did you mean 'table1'"):
+        load_experiments("tabel1")
+    with pytest.raises(UnknownNameError, match="unknown preset 'fast'"):
+        load_experiment("px", "fast")
+    with pytest.raises(ConfigError, match="repeats must be >= 1"):
+        load_experiment("px", "quick", repeats=0)
+
+
+def test_config_hash_is_canonical():
+    a = {"fit": {"x": 1, "y": [1, 2]}, "eval": {}}
+    b = {"eval": {}, "fit": {"y": [1, 2], "x": 1}}
+    assert config_hash(a) == config_hash(b) and len(config_hash(a)) == 16
+    assert config_hash(a) != config_hash({"fit": {"x": 2, "y": [1, 2]}, "eval": {}})
+
+
+def test_store_put_is_atomic_and_first_writer_wins(tmp_path):
+    store = ResultsStore(tmp_path / "s")
+    assert store.put("k", {"metrics.json": b'{"a": 1}', "x.bin": b"1"})
+    assert not store.put("k", {"metrics.json": b'{"a": 2}'})  # a second writer discards its copy
+    assert store.metrics("k") == {"a": 1} and store.has("k")
+    assert not list(store.runs.glob(".tmp-*"))
+    # a dead writer's leftovers are cleaned up when the store is opened again
+    (store.runs / ".tmp-j-999999999-abcd").mkdir()
+    ResultsStore(tmp_path / "s")
+    assert not list(store.runs.glob(".tmp-*"))
+
+
+def test_store_refuses_incompatible_or_foreign_folders(tmp_path):
+    old = tmp_path / "old"
+    (old / "runs" / "abc").mkdir(parents=True)
+    (old / "store.json").write_text(json.dumps({"format": "vaefail-store/0"}))
+    with pytest.raises(StoreError, match="format 'vaefail-store/0'"):
+        ResultsStore(old)
+    assert (old / "runs" / "abc").is_dir()  # untouched
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("x")
+    with pytest.raises(StoreError, match="not a vaefail results store"):
+        ResultsStore(foreign)
+    assert sorted(p.name for p in foreign.iterdir()) == ["thesis.tex"]
+
+
+def test_unreachable_ray_address_is_one_clear_error(tmp_path):
+    with pytest.raises(VaefailError, match="no Ray cluster reachable at 127.0.0.1:9"):
+        reproduce("latent", "smoke", tmp_path, executor="ray", address="127.0.0.1:9", progress=False)
+    with pytest.raises(ConfigError, match="--address needs --executor ray"):
+        reproduce("latent", "smoke", tmp_path, address="127.0.0.1:9", progress=False)
+
+
+@pytest.mark.slow
+def test_local_and_ray_executors_give_identical_tables(tmp_path):
+    pytest.importorskip("ray")
+    local = reproduce("latent", "smoke", tmp_path / "local", repeats=1, outputs=False, progress=False)
+    ray = reproduce("latent", "smoke", tmp_path / "ray", repeats=1, executor="ray", outputs=False,
+                    progress=False)
+    pd.testing.assert_frame_equal(local.tables["latent"], ray.tables["latent"])
+
+
+def _finished(out: Path) -> dict[str, float]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*/metrics.json")}
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_without_recomputing(tmp_path):
+    """Kill `vaefail reproduce` after its first finished configuration; the rerun keeps it and completes."""
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "vaefail.cli", "reproduce", "sigma", "--preset", "smoke", "--repeats", "1",
+           "--workers", "1", "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while not _finished(out) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _finished(out)
+    assert 1 <= len(before) < 5, before  # killed part-way through the 5 configurations
+    rerun = reproduce("sigma", "smoke", out, repeats=1, workers=1, progress=False)
+    assert rerun.computed == 5 - len(before)
+    after = _finished(out)
+    assert all(after[k] == t for k, t in before.items())  # nothing finished was recomputed
+    clean = reproduce("sigma", "smoke", tmp_path / "clean", repeats=1, workers=1, outputs=False,
+                      progress=False)
+    pd.testing.assert_frame_equal(rerun.tables["sigma"], clean.tables["sigma"])
+    assert (out / "sigma.csv").is_file() and (out / "claims.json").is_file()

@@ -1,0 +1,225 @@
+"""The report of ``vaefail reproduce``: figures, a self-contained report.html and report.md.
+
+One smoke-preset reproduction (every experiment, seconds of training) is built per module and every check
+reads its outputs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vaefail.experiments import figures as F
+from vaefail.experiments.report import format_table, render_html, reproduce_command
+from vaefail.experiments.reproduce import reproduce
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce") / "results"
+    return reproduce("all", "smoke", out, workers=2, progress=False)
+
+
+class _Doc(HTMLParser):
+    """Collects <img> sources, element ids, text and checks that tags balance."""
+
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.images: list[str] = []
+        self.ids: list[str] = []
+        self.external: list[str] = []
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        if tag in ("script", "link", "iframe"):
+            self.external.append(tag)
+        for name in ("src", "href"):
+            value = attrs.get(name) or ""
+            if re.match(r"^(https?:)?//", value):
+                self.external.append(value)
+        if "id" in attrs:
+            self.ids.append(attrs["id"])
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag in self.VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"unbalanced </{tag}> (open: {self.stack[-3:]})")
+            return
+        self.stack.pop()
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _parse(path: Path) -> _Doc:
+    doc = _Doc()
+    doc.feed(path.read_text(encoding="utf-8"))
+    doc.close()
+    return doc
+
+
+def test_expected_files_exist(smoke):
+    root = smoke.out
+    for name in ("table1", "px", "latent", "sigma"):
+        assert (root / f"{name}.csv").is_file()
+    for name in ("claims.json", "report.html", "report.md"):
+        assert (root / name).stat().st_size > 0
+    expected = ["table1_elbo_vs_k", "table1_mi_per_dim", "sigma_selection"]
+    kinds = ("data", "curves", "posteriors")
+    expected += [f"px_{b}_{kind}" for b in ("figure8", "clusters") for kind in kinds]
+    expected += [f"latent_quadratic_{kind}" for kind in kinds]
+    for stem in expected:
+        png = root / "figures" / f"{stem}.png"
+        assert png.is_file(), stem
+        assert png.read_bytes()[:8] == PNG_MAGIC
+    assert not list(root.glob(".*.tmp")) and not list((root / "figures").glob(".*.tmp"))
+
+
+def test_html_is_self_contained(smoke):
+    doc = _parse(smoke.out / "report.html")
+    assert not doc.errors, doc.errors
+    assert not doc.stack, doc.stack
+    assert not doc.external, doc.external
+    assert len(doc.images) == len(list((smoke.out / "figures").glob("*.png")))
+    for src in doc.images:
+        prefix = "data:image/png;base64,"
+        assert src.startswith(prefix)
+        data = base64.b64decode(src[len(prefix):], validate=True)
+        assert data[:8] == PNG_MAGIC and len(data) > 1000
+    text = " ".join(doc.text)
+    assert "could not be drawn" not in text
+    assert "smoke" in text and "vaefail reproduce all --preset smoke" in text
+    for experiment in smoke.experiments:  # descriptions, tables (mean ± std, no keys column)
+        assert " ".join(experiment.description.split())[:60] in " ".join(text.split())
+        assert f"exp-{experiment.name}" in doc.ids
+    assert "±" in text
+    assert smoke.tables["px"]["keys"].iloc[0].split()[0] not in text
+
+
+def test_claims_in_report_match_claims_json(smoke):
+    claims = json.loads((smoke.out / "claims.json").read_text())
+    assert claims
+    doc = _parse(smoke.out / "report.html")
+    shown = sorted(i[len("claim-"):] for i in doc.ids if i.startswith("claim-"))
+    assert shown == sorted(c["id"] for c in claims)
+    text = " ".join(doc.text)
+    md = (smoke.out / "report.md").read_text()
+    for claim in claims:
+        badge = {True: "REPRODUCED", False: "NOT REPRODUCED"}.get(claim["reproduced"], "NOT TESTED")
+        assert f"{badge}: `{claim['id']}`" in md
+        assert claim["comparison"] in text
+    failed = [c for c in claims if c["reproduced"] is False]
+    section = text.split("What did not reproduce")[-1]
+    for claim in failed:
+        assert claim["id"] in section
+        if not claim["note"]:
+            assert "see the numbers; the smoke preset trains briefly" in section
+
+
+def test_markdown_references_existing_figures(smoke):
+    md = (smoke.out / "report.md").read_text()
+    refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(refs) == len(list((smoke.out / "figures").glob("*.png")))
+    for ref in refs:
+        assert ref.startswith("figures/")
+        assert (smoke.out / ref).is_file()
+    assert "| benchmark |" in md and "keys" not in md.split("## Claims")[0].replace("`keys`", "")
+
+
+def test_rewrite_is_idempotent(smoke):
+    """Writing the outputs again (a resumed run) replaces the files in place."""
+    from vaefail.experiments.report import write_outputs
+    from vaefail.experiments.store import ResultsStore
+
+    store = ResultsStore(smoke.out)
+    files = write_outputs(store, smoke.experiments, {"sigma": smoke.tables["sigma"]}, [], preset="smoke")
+    assert files.errors == []
+    assert [p.name for p in files.figures] == ["sigma_selection.png"]
+    html = files.html.read_text()
+    assert html.count("<img ") == 1 and "No claim can be tested" in html
+
+
+def test_format_table_and_escaping():
+    table = pd.DataFrame({
+        "benchmark": ["<b>x</b>"], "objective": ["vae"], "sigma_factor": [0.71], "repeats": [2],
+        "test_neg_elbo": [1.23456], "test_neg_elbo_std": [0.01], "mleo": [np.nan], "mleo_std": [np.nan],
+        "avg_mi": [0.5], "avg_mi_std": [np.nan], "keys": ["abc def"],
+    })
+    headers, rows, labels = format_table(table)
+    assert headers == ["benchmark", "objective", "sigma_factor", "repeats", "test_neg_elbo", "mleo", "avg_mi"]
+    assert rows == [["<b>x</b>", "vae", "0.71", "2", "1.235 ± 0.010", "n/a", "0.500"]]
+    assert labels[:3] == [True, True, True] and not any(labels[3:])
+
+    from vaefail.experiments.grid import Experiment
+    from vaefail.experiments.report import _Context
+
+    claim = {"id": "a<b", "statement": "s & <t>", "reproduced": False, "comparison": "1 < 2",
+             "numbers": {"x": 1.0, "y": None}, "note": ""}
+    ctx = _Context("T", "today", "paper", "cmd", [Experiment("sigma", "d <i>", [])], {"sigma": table},
+                   {"sigma": []}, [claim], [], Path("."))
+    html = render_html(ctx)
+    assert "<b>x</b>" not in html and "&lt;b&gt;x&lt;/b&gt;" in html
+    assert "d &lt;i&gt;" in html and "a&lt;b" in html and "1 &lt; 2" in html
+    assert "Likely reason: see the numbers." in html  # no "trains briefly" at the paper preset
+    assert "abc def" not in html
+
+
+def test_reproduce_command_mentions_repeats(tmp_path):
+    from vaefail.experiments.grid import load_experiments
+
+    experiments = load_experiments("sigma", "smoke", repeats=1)
+    tables = {"sigma": pd.DataFrame({"repeats": [1]})}
+    assert reproduce_command(experiments, tables, "smoke", tmp_path) == (
+        f"vaefail reproduce sigma --preset smoke --out {tmp_path} --repeats 1")
+
+
+def test_posterior_points_and_model_posterior():
+    from vaefail.benchmarks import get_benchmark
+
+    quad = get_benchmark("quadratic")
+    points = F.posterior_points(quad)
+    assert [float(p[0]) for _, p in points] == [0.01, 0.1]
+    assert "0.40 or 0.60" in points[0][0]
+    clusters = get_benchmark("clusters")
+    (_, between), (_, centre) = F.posterior_points(clusters)
+    assert np.allclose(centre, clusters.centres()[2])
+    assert np.allclose(np.linalg.norm(between), 2 * np.cos(np.pi / 5))
+    assert np.allclose(F.posterior_points(get_benchmark("figure8"))[0][1], 0.0)
+
+
+def test_model_posterior_matches_linear_gaussian():
+    """A model whose decoder is the linear benchmark's f_gt has the closed-form Gaussian posterior."""
+    import jax
+
+    from vaefail.benchmarks import get_benchmark
+    from vaefail.models import TrueDecoder, make_vae
+
+    bench = get_benchmark("linear")
+    model = make_vae(2, 1, bench.sigma_eps, key=jax.random.PRNGKey(0),
+                     decoder=TrueDecoder(f_gt=bench.f_gt, true_latent_dim=1))
+    x = np.array([0.3, 0.1])
+    z = np.linspace(-3, 3, 3001)
+    mean, std = bench.posterior_moments(x[None])
+    expected = np.exp(-0.5 * ((z - mean[0, 0]) / std[0, 0]) ** 2) / (std[0, 0] * np.sqrt(2 * np.pi))
+    assert np.allclose(F.model_posterior(model, x, z), expected, atol=1e-3 * expected.max())
+    wide = np.linspace(-30, 30, 60001)
+    assert np.isclose(np.trapezoid(F.encoder_density(model, x, wide), wide), 1.0, atol=1e-3)
