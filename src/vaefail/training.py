@@ -190,7 +190,10 @@ def optimise(
             scores = np.where(diverged, -np.inf, scores)
             history.append(scores)
             improved = scores > best
-            gain = np.max(np.where(np.isfinite(best), scores - best, np.inf), initial=-np.inf)
+            alive = ~diverged
+            gain = np.max(
+                np.where(np.isfinite(best[alive]), scores[alive] - best[alive], np.inf), initial=-np.inf
+            )
             best = np.maximum(best, scores)
             best_params = _where_restart(improved, params, best_params)
             stale = stale + 1 if gain <= tol else 0
@@ -206,7 +209,7 @@ def optimise(
         best_params = params
     return OptimiseResult(
         model=eqx.combine(best_params, static),
-        best_score=best,
+        best_score=np.where(diverged, -np.inf, best),
         diverged=diverged,
         steps=steps_done,
         history=np.array(history).reshape(len(history), n_restarts),
