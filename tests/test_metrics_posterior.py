@@ -121,3 +121,5 @@ def test_bad_input_rejected(linear_bench, linear_exact):
         gaussian_gap(linear_bench, np.zeros((3, 3)))
     with pytest.raises(DataError):
         posterior_kl(linear_exact, np.array([[0.0, np.nan]]))
+    with pytest.raises(DataError):
+        posterior_kl(linear_exact, np.zeros((3, 2)), log_p_model=np.zeros(2))

@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 from rich.table import Table
+from rich.text import Text
 
 from vaefail.errors import ConfigError
 from vaefail.metrics._stats import Estimate, check_x, finite
@@ -278,7 +279,8 @@ def evaluation_table(report: dict[str, Any], title: str | None = None) -> Table:
     na = report.get("not_applicable", {})
 
     def row(section: str, metric: str, value: str, note: str = "") -> None:
-        table.add_row(section, metric, value, note)
+        # plain Text: the notes contain brackets such as E[z_i|x] that Rich would read as markup
+        table.add_row(Text(section), Text(metric), Text(value), Text(note))
 
     lik = report["likelihood"]
     row("likelihood", "ELBO", _est(lik.get("elbo")), "nats/point, higher is better")

@@ -23,7 +23,7 @@ from scipy.special import logsumexp
 
 from vaefail.errors import ConfigError, DataError, require
 from vaefail.metrics._curve import Curve, as_curve, model_curve
-from vaefail.metrics._stats import Estimate, check_x, finite
+from vaefail.metrics._stats import Estimate, check_per_point, check_x, finite
 from vaefail.metrics.information import encode
 from vaefail.metrics.likelihood import exact_log_likelihood, log_likelihood
 from vaefail.metrics.pareto import KHAT_THRESHOLD
@@ -87,6 +87,7 @@ def posterior_kl(
     xs = check_x(x, model.x_dim)
     if log_p_model is None:
         log_p_model = exact_log_likelihood(model, xs, grid_size=likelihood_grid_size).per_point
+    log_p_model = check_per_point(log_p_model, xs.shape[0], "log_p_model")
     mu, log_std = (a[:, 0] for a in encode(model, xs))
     u, w = _u_grid(grid_size, bound)
     f = model_curve(model)
@@ -100,7 +101,7 @@ def posterior_kl(
         ll = -0.5 * np.sum((xs[p : p + chunk, None, :] - fz) ** 2, axis=-1) / sigma**2 + const
         rec[p : p + chunk] = ll @ w
     kl_prior = 0.5 * (mu**2 + np.exp(2 * log_std) - 1.0 - 2.0 * log_std)
-    return np.asarray(log_p_model, np.float64) - (rec - kl_prior)
+    return log_p_model - (rec - kl_prior)
 
 
 @dataclass(frozen=True)
@@ -151,8 +152,8 @@ def importance_khat(
     narrow or on the wrong mode gives heavy-tailed weights), for any latent dimension.
     """
     ll = log_likelihood(model, x, key, num_samples, pareto_k=True)
-    assert ll.khat is not None
-    return KHat(per_point=ll.khat, num_samples=num_samples, threshold=threshold)
+    khat = ll.khat if ll.khat is not None else np.full(len(ll.per_point), np.nan)
+    return KHat(per_point=khat, num_samples=num_samples, threshold=threshold)
 
 
 # --------------------------------------------------------------------------------------------------
