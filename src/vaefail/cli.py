@@ -202,7 +202,7 @@ def evaluate_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics as JSON here.")] = None,
     seed: Annotated[int, typer.Option(help="PRNG seed of the estimators.")] = 0,
 ) -> None:
-    """Evaluate a fitted run: likelihoods, ELBO split, mutual information, posterior quality, failure checks."""
+    """Evaluate a fitted run: likelihoods, ELBO split, MI, posterior quality, failure checks."""
     import jax
 
     from vaefail.metrics.evaluate import evaluate_run, evaluation_table
@@ -226,7 +226,7 @@ def reproduce_cmd(
     out: Annotated[Path, typer.Option(help="Results folder (a resumable store).")] = Path("results"),
     executor: Annotated[str, typer.Option(help="local or ray.")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (with --executor ray).")] = None,
-    repeats: Annotated[int | None, typer.Option(help="Independent repetitions (overrides the preset).")] = None,
+    repeats: Annotated[int | None, typer.Option(help="Repetitions (overrides the preset).")] = None,
     workers: Annotated[int | None, typer.Option(help="Parallel worker processes (default: cores).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
