@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -40,6 +42,18 @@ def test_fit_prints_table_and_saves_run(tmp_path):
     assert "exact test -E[log p_gt(x)]" in result.output
     loaded = vaefail.load(out)
     assert loaded.config.benchmark == "quadratic" and len(loaded.restarts) == 2
+
+
+def test_evaluate_a_fitted_run_prints_and_writes_json(tmp_path):
+    out = tmp_path / "run"
+    assert run("fit", "--benchmark", "figure8", "--out", str(out), *TINY).exit_code == 0
+    result = run("evaluate", str(out), "--samples", "50", "--json", str(tmp_path / "m.json"))
+    assert result.exit_code == 0, result.output
+    assert "MLEO" in result.output and "I(x; z_1)" in result.output
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["run"]["benchmark"] == "figure8" and report["run"]["num_samples"] == 50
+    bad = run("evaluate", str(tmp_path))
+    assert bad.exit_code == 2 and "not a vaefail run folder" in bad.output
 
 
 def test_fit_iwae_dreg(tmp_path):

@@ -7,6 +7,7 @@ better); training minimises the *negative mean* bound over a mini-batch.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -168,14 +169,19 @@ def _stop_decoder(model: VAE) -> VAE:
     )
 
 
+@functools.cache
 def bound_fn(objective: str, num_samples: int = 1) -> Callable[[VAE, jax.Array, jax.Array], BoundRecord]:
-    """The per-point bound of ``objective``: ``"vae"`` -> :func:`elbo`, ``"iwae"`` -> :func:`iwae`."""
+    """The per-point bound of ``objective``: ``"vae"`` -> :func:`elbo`, ``"iwae"`` -> :func:`iwae`.
+
+    Cached: the same arguments return the same function object, so jitted code built on it is reused.
+    """
     check_objective(objective, num_samples)
     if objective == "vae":
         return lambda model, x, key: elbo(model, x, key, num_samples)
     return lambda model, x, key: iwae(model, x, key, num_samples)
 
 
+@functools.cache
 def loss_fn(
     objective: str, num_samples: int = 1, dreg: bool = False
 ) -> Callable[[VAE, jax.Array, jax.Array], tuple[jax.Array, BoundRecord]]:

@@ -8,6 +8,7 @@ kept, divergence is detected and progress is shown.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -132,40 +133,10 @@ def optimise(
         mask = eqx.tree_at(
             trainable, mask, replace_fn=lambda sub: jax.tree_util.tree_map(lambda _: True, sub)
         )
-    schedule = optax.exponential_decay(
-        learning_rate, transition_steps=n_chunks * eval_every, decay_rate=final_lr_factor
-    )
-    opt = optax.adam(schedule)
-    opt_state = jax.vmap(opt.init)(params)
-
-    def one_step(carry, step_key):
-        p, state = carry
-        k_batch, k_loss = jax.random.split(step_key)
-        batch = None
-        if data is not None:
-            batch = data[jax.random.randint(k_batch, (batch_size,), 0, data.shape[0])]
-
-        def f(q):
-            value, _ = loss(eqx.combine(q, static), batch, k_loss)
-            return value
-
-        value, grads = jax.value_and_grad(f)(p)
-        if mask is not None:
-            grads = jax.tree_util.tree_map(
-                lambda g, m: g if m else jnp.zeros_like(g), grads, mask
-            )
-        updates, state = opt.update(grads, state, p)
-        return (optax.apply_updates(p, updates), state), value
-
-    def chunk(p, state, chunk_keys):
-        (p, state), values = jax.lax.scan(one_step, (p, state), chunk_keys)
-        return p, state, jnp.all(jnp.isfinite(values))
-
-    run_chunk = jax.jit(jax.vmap(chunk))
-    evaluate = None
-    if score is not None:
-        evaluate = jax.jit(jax.vmap(lambda p: score(eqx.combine(p, static), score_data)))
-
+    opt_state = jax.vmap(_ADAM.init)(params)
+    total = n_chunks * eval_every
+    hyper = jnp.asarray([learning_rate, np.log(final_lr_factor) / total], dtype=jnp.float32)
+    chunk_args = dict(static=static, loss=loss, mask=mask, batch_size=batch_size)
     restart_keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(n_restarts))
     best_params = params
     best = np.full(n_restarts, -np.inf)
@@ -179,13 +150,13 @@ def optimise(
             chunk_keys = jax.vmap(
                 lambda k, i=i: jax.random.split(jax.random.fold_in(k, i), eval_every)
             )(restart_keys)
-            params, opt_state, finite = run_chunk(params, opt_state, chunk_keys)
+            params, opt_state, finite = _run_chunk(params, opt_state, chunk_keys, data, hyper, **chunk_args)
             steps_done += eval_every
             diverged |= ~np.asarray(finite)
-            if evaluate is None:
+            if score is None:
                 bar.update(task, advance=eval_every)
                 continue
-            scores = np.asarray(evaluate(params), dtype=np.float64)
+            scores = np.asarray(_evaluate(params, score_data, static=static, score=score), np.float64)
             diverged |= ~np.isfinite(scores)
             scores = np.where(diverged, -np.inf, scores)
             history.append(scores)
@@ -205,7 +176,7 @@ def optimise(
             if converge and stale >= patience:
                 bar.update(task, total=steps_done)
                 break
-    if evaluate is None:
+    if score is None:
         best_params = params
     return OptimiseResult(
         model=eqx.combine(best_params, static),
@@ -214,6 +185,47 @@ def optimise(
         steps=steps_done,
         history=np.array(history).reshape(len(history), n_restarts),
     )
+
+
+#: Adam without a learning rate: the (decaying) rate is applied in :func:`_run_chunk` from traced
+#: hyper-parameters, so one compiled chunk serves every learning rate and step budget.
+_ADAM = optax.scale_by_adam()
+
+
+@eqx.filter_jit
+def _run_chunk(params, opt_state, chunk_keys, data, hyper, *, static, loss, mask, batch_size):
+    """``len(chunk_keys[0])`` Adam steps for every restart: ``vmap`` over restarts of a ``scan`` over steps.
+
+    Module-level and jitted with :func:`equinox.filter_jit`, so the compiled code is reused by every call
+    with the same shapes, model structure, ``loss`` object, mask and batch size. ``hyper`` holds the
+    learning rate and the log of its decay per step: ``lr_t = lr * exp(log_decay * t)``.
+    """
+
+    def one_step(carry, step_key):
+        p, state = carry
+        k_batch, k_loss = jax.random.split(step_key)
+        batch = None
+        if data is not None:
+            batch = data[jax.random.randint(k_batch, (batch_size,), 0, data.shape[0])]
+        value, grads = jax.value_and_grad(lambda q: loss(eqx.combine(q, static), batch, k_loss)[0])(p)
+        if mask is not None:
+            grads = jax.tree_util.tree_map(lambda g, m: g if m else jnp.zeros_like(g), grads, mask)
+        updates, state = _ADAM.update(grads, state, p)
+        lr = hyper[0] * jnp.exp(hyper[1] * state.count.astype(jnp.float32))
+        updates = jax.tree_util.tree_map(lambda u: -lr * u, updates)
+        return (optax.apply_updates(p, updates), state), value
+
+    def chunk(p, state, keys):
+        (p, state), values = jax.lax.scan(one_step, (p, state), keys)
+        return p, state, jnp.all(jnp.isfinite(values))
+
+    return jax.vmap(chunk)(params, opt_state, chunk_keys)
+
+
+@eqx.filter_jit
+def _evaluate(params, score_data, *, static, score):
+    """``score`` of every restart (vmapped), compiled once per structure like :func:`_run_chunk`."""
+    return jax.vmap(lambda p: score(eqx.combine(p, static), score_data))(params)
 
 
 def _where_restart(selected: np.ndarray, new: Any, old: Any) -> Any:
@@ -255,6 +267,17 @@ def init_models(config: FitConfig, benchmark: Benchmark, keys: jax.Array) -> VAE
     )
 
 
+@functools.lru_cache(maxsize=32)
+def _decoder_fit_loss(benchmark: Benchmark, latent_dim: int) -> Loss:
+    def loss(model, _batch, k):
+        z = jax.random.normal(k, (512, latent_dim))
+        pred = jax.vmap(model.decoder)(z)
+        target = jax.vmap(benchmark.f_gt)(z[:, : benchmark.latent_dim])
+        return jnp.mean(jnp.sum((pred - target) ** 2, axis=-1)), None
+
+    return loss
+
+
 def fit_decoder_to_truth(
     models: VAE, benchmark: Benchmark, key: jax.Array, *, steps: int, progress: bool = False
 ) -> VAE:
@@ -263,14 +286,7 @@ def fit_decoder_to_truth(
     Minimises ``(1/B) sum_b ||f_theta(z_b) - f_gt(z_b[:K_gt])||^2`` with fresh ``z_b ~ N(0, I_K)`` every
     step (batch 512), so extra latent dimensions are taught to be ignored.
     """
-    latent_dim = models.latent_dim
-
-    def loss(model, _batch, k):
-        z = jax.random.normal(k, (512, latent_dim))
-        pred = jax.vmap(model.decoder)(z)
-        target = jax.vmap(benchmark.f_gt)(z[:, : benchmark.latent_dim])
-        return jnp.mean(jnp.sum((pred - target) ** 2, axis=-1)), None
-
+    loss = _decoder_fit_loss(benchmark, models.latent_dim)
     return optimise(
         models, loss, None, key, steps=steps, batch_size=512, learning_rate=3e-3,
         final_lr_factor=0.03, trainable=lambda m: m.decoder, eval_every=max(1, steps // 10),
@@ -278,11 +294,18 @@ def fit_decoder_to_truth(
     ).model
 
 
-def _score_fn(config: FitConfig, key: jax.Array) -> Callable[[VAE, jax.Array], jax.Array]:
-    """Mean validation bound of the training objective (fixed key, so it is deterministic)."""
-    samples = config.num_samples if config.objective == "iwae" else config.eval_samples
-    bound = bound_fn(config.objective, samples)
-    return lambda model, x: jnp.mean(bound(model, x, key).bound)
+@functools.cache
+def _score(objective: str, samples: int) -> Callable[[VAE, tuple[jax.Array, jax.Array]], jax.Array]:
+    """``score(model, (x, key))``: mean bound of the objective on ``x`` (a fixed key makes it deterministic).
+
+    Cached, so every call with the same objective gets the same function and compiled code is reused.
+    """
+    bound = bound_fn(objective, samples)
+    return lambda model, data: jnp.mean(bound(model, data[0], data[1]).bound)
+
+
+def _val_samples(config: FitConfig) -> int:
+    return config.num_samples if config.objective == "iwae" else config.eval_samples
 
 
 def fit_encoder(
@@ -300,7 +323,7 @@ def fit_encoder(
         models, loss, _as_f32(splits.train.x), k_train, steps=steps,
         batch_size=config.batch_size, learning_rate=config.learning_rate,
         final_lr_factor=config.final_lr_factor, trainable=lambda m: m.encoder,
-        score=_score_fn(config, k_score), score_data=_as_f32(splits.val.x),
+        score=_score(config.objective, _val_samples(config)), score_data=(_as_f32(splits.val.x), k_score),
         eval_every=config.eval_every, patience=config.patience, tol=config.tol,
         converge=converge, description=description, progress=progress,
     )
@@ -378,7 +401,7 @@ def train_restarts(
         models, loss_fn(config.objective, _train_samples(config), config.dreg),
         _as_f32(splits.train.x), k_train, steps=config.steps, batch_size=config.batch_size,
         learning_rate=config.learning_rate, final_lr_factor=config.final_lr_factor,
-        score=_score_fn(config, k_score), score_data=_as_f32(splits.val.x),
+        score=_score(config.objective, _val_samples(config)), score_data=(_as_f32(splits.val.x), k_score),
         eval_every=config.eval_every, patience=config.patience, tol=config.tol,
         converge=config.converge,
         description=f"{config.benchmark} {config.objective} K={config.latent_dim}",
@@ -402,10 +425,12 @@ def evaluate_bounds(
     """
     params, static = eqx.partition(models, eqx.is_inexact_array)
 
+    score = _score(config.objective, _val_samples(config))
+
     @jax.jit
     def chunk_means(p, xc, k):
         model = eqx.combine(p, static)
-        bound = _score_fn(config, k)(model, xc)
+        bound = score(model, (xc, k))
         return bound, jnp.mean(elbo(model, xc, jax.random.fold_in(k, 1), config.eval_samples).bound)
 
     run = jax.vmap(chunk_means, in_axes=(0, None, None))

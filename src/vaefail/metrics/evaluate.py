@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Collection
 from typing import Any
 
 import jax
@@ -26,6 +27,10 @@ from vaefail.metrics.likelihood import exact_log_likelihood, log_likelihood
 from vaefail.metrics.pareto import KHAT_THRESHOLD
 from vaefail.metrics.posterior import GAP_THRESHOLD, KHat, gaussian_gap, posterior_kl
 from vaefail.metrics.split import elbo_split, truth_comparison
+
+#: Sections of :func:`evaluate_run` that can be left out: mutual information, posterior quality
+#: (exact KL and k-hat), and the Gaussian gaps of the true and the learned posterior (the costliest).
+OPTIONAL_SECTIONS = ("mutual_information", "posterior", "gaps")
 
 #: Known self-crossings of benchmark curves (data-space points the true curve passes through twice).
 CROSSINGS: dict[str, tuple[float, ...]] = {"figure8": (0.0, 0.0)}
@@ -43,6 +48,7 @@ def evaluate_run(
     gap_threshold: float = GAP_THRESHOLD,
     khat_threshold: float = KHAT_THRESHOLD,
     crossing_radius: float | None = None,
+    sections: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """All metrics of the selected model of a run, on one of its data splits.
 
@@ -84,7 +90,16 @@ def evaluate_run(
         Thresholds of the "share above" summaries.
     crossing_radius
         Radius for the crossing check (default ``sigma_eps / 4``).
+    sections
+        Optional sections to compute, a subset of :data:`OPTIONAL_SECTIONS` (default: all).
+        Likelihood, ELBO split, truth comparison and curves are always computed; a section left out is
+        ``None`` with the reason "not requested" under ``not_applicable``.
     """
+    wanted = set(OPTIONAL_SECTIONS if sections is None else sections)
+    if wanted - set(OPTIONAL_SECTIONS):
+        raise ConfigError(
+            f"unknown sections {sorted(wanted - set(OPTIONAL_SECTIONS))}; known: {list(OPTIONAL_SECTIONS)}"
+        )
     if split not in ("train", "val", "test"):
         raise ConfigError(f"split must be 'train', 'val' or 'test', got {split!r}")
     model, bench, config = result.model, result.benchmark, result.config
@@ -119,7 +134,8 @@ def evaluate_run(
     # ---------------------------------------------------------------- likelihood
     t0 = time.perf_counter()
     log_p_true = np.asarray(bench.log_prob(x, _z_grid(bench)), np.float64)
-    ll = log_likelihood(model, x, keys["is"], num_samples, pareto_k=num_samples >= 25)
+    ll = log_likelihood(model, x, keys["is"], num_samples,
+                        pareto_k=num_samples >= 25 and "posterior" in wanted)
     exact = None
     if k <= 2:
         exact = exact_log_likelihood(model, x)
@@ -150,20 +166,24 @@ def evaluate_run(
 
     # ---------------------------------------------------------------- mutual information
     t0 = time.perf_counter()
-    report["mutual_information"] = mutual_information(model, x, keys["mi"]).to_dict()
+    report["mutual_information"] = (
+        mutual_information(model, x, keys["mi"]).to_dict() if "mutual_information" in wanted else None
+    )
     seconds["mutual_information"] = time.perf_counter() - t0
 
     # ---------------------------------------------------------------- posterior quality
     t0 = time.perf_counter()
     posterior: dict[str, Any] = {"kl_q_to_posterior": None, "khat": None}
-    if k == 1 and exact is not None:
+    if "posterior" not in wanted:
+        na["posterior"] = "not requested (sections)"
+    elif k == 1 and exact is not None:
         kl = posterior_kl(model, x, log_p_model=exact.per_point)
         posterior["kl_q_to_posterior"] = Estimate.of(kl).to_dict()
     else:
         na["posterior.kl_q_to_posterior"] = f"exact posterior KL is implemented for K = 1 (K = {k})"
-    if ll.khat is not None:
+    if ll.khat is not None and "posterior" in wanted:
         posterior["khat"] = KHat(ll.khat, num_samples, khat_threshold).to_dict()
-    else:
+    elif "posterior" in wanted:
         na["posterior.khat"] = f"k-hat needs at least 25 importance samples (S = {num_samples})"
     report["posterior"] = posterior
     seconds["posterior"] = time.perf_counter() - t0
@@ -171,14 +191,19 @@ def evaluate_run(
     # ---------------------------------------------------------------- failure conditions
     t0 = time.perf_counter()
     failure: dict[str, Any] = {}
-    failure["true_posterior_gap"] = gaussian_gap(bench, x, threshold=gap_threshold).to_dict()
-    if k == 1:
+    failure["true_posterior_gap"] = None
+    if "gaps" in wanted:
+        failure["true_posterior_gap"] = gaussian_gap(bench, x, threshold=gap_threshold).to_dict()
+    else:
+        na["failure.true_posterior_gap"] = na["failure.model_posterior_gap"] = "not requested (sections)"
+    if k == 1 and "gaps" in wanted:
         failure["model_posterior_gap"] = gaussian_gap(
             model, x, threshold=gap_threshold, newton_nodes=101, eval_nodes=801
         ).to_dict()
     else:
         failure["model_posterior_gap"] = None
-        na["failure.model_posterior_gap"] = f"the Gaussian gap of the model's posterior needs K = 1 (K = {k})"
+        na.setdefault("failure.model_posterior_gap",
+                      f"the Gaussian gap of the model's posterior needs K = 1 (K = {k})")
     failure["truth_comparison"] = _truth_section(result, model, truth_model, x, keys["truth"], log_p_true,
                                                  num_samples, elbo_samples, summary, split, na)
     if k == 1:
@@ -292,17 +317,20 @@ def evaluation_table(report: dict[str, Any], title: str | None = None) -> Table:
     sp = report["split"]
     row("ELBO split", "MLEO = KL(p_gt || p_theta)", _est(sp["mleo"]), f"log p_theta by {sp['method']}")
     row("", "PMO = E KL(q || p_theta(z|x))", _est(sp["pmo"]), "log p_theta(x) - ELBO(x)")
-    mi = report["mutual_information"]
+    mi = report["mutual_information"] or {"per_dim": []}
     for i, est in enumerate(mi["per_dim"]):
         lo, hi = est["ci"]
         row("information" if i == 0 else "", f"I(x; z_{i + 1})", _est(est),
             f"95% CI [{_num(lo)}, {_num(hi)}]; leave-one-out {_num(mi['per_dim_loo'][i])}")
-    row("", "avg_i I(x; z_i)", _est(mi["average"]), "the paper's Table 1 quantity")
-    row("", "I(x; z)", _est(mi["total"]),
-        f"leave-one-out {_num(mi['total_loo'])}; cap log M = {_num(mi['log_mixture_size'], 2)}")
-    row("", "active units", f"{mi['active_units']} / {len(mi['per_dim'])}",
-        "Var_x E[z_i|x] > " + _num(mi["active_threshold"], 2) + ": "
-        + ", ".join(_num(a, 3) for a in mi["activity"]))
+    if mi["per_dim"]:
+        row("", "avg_i I(x; z_i)", _est(mi["average"]), "the paper's Table 1 quantity")
+        row("", "I(x; z)", _est(mi["total"]),
+            f"leave-one-out {_num(mi['total_loo'])}; cap log M = {_num(mi['log_mixture_size'], 2)}")
+        row("", "active units", f"{mi['active_units']} / {len(mi['per_dim'])}",
+            "Var_x E\\[z_i|x] > " + _num(mi["active_threshold"], 2) + ": "
+            + ", ".join(_num(a, 3) for a in mi["activity"]))
+    else:
+        row("information", "I(x; z_i)", "n/a", "not requested")
     post = report["posterior"]
     row("posterior", "KL(q || p_theta(z|x))", _est(post["kl_q_to_posterior"]),
         na.get("posterior.kl_q_to_posterior", "exact, per point, averaged"))
@@ -314,8 +342,11 @@ def evaluation_table(report: dict[str, Any], title: str | None = None) -> Table:
             f"median {_num(kh['median'], 2)}, 90% {_num(kh['q90'], 2)}, max {_num(kh['max'], 2)}")
     fail = report["failure"]
     gap = fail["true_posterior_gap"]
-    row("failure", "true posterior: Gaussian gap", _est(gap["gap"]),
-        f"min_N KL(N || p_gt(z|x)); share > {gap['threshold']}: {_num(gap['share_above'], 3)}")
+    if gap is None:
+        row("failure", "true posterior: Gaussian gap", "n/a", na.get("failure.true_posterior_gap", ""))
+    else:
+        row("failure", "true posterior: Gaussian gap", _est(gap["gap"]),
+            f"min_N KL(N || p_gt(z|x)); share > {gap['threshold']}: {_num(gap['share_above'], 3)}")
     mgap = fail["model_posterior_gap"]
     if mgap is None:
         row("", "model posterior: Gaussian gap", "n/a", na.get("failure.model_posterior_gap", ""))
