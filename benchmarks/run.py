@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -51,10 +56,29 @@ def to_convergence(objective: str, samples: int) -> tuple[float, int]:
     return time.perf_counter() - t, int(result.summary["steps"])
 
 
+def reproduce_time(experiment: str, preset: str, cold_cache: bool) -> tuple[float, float]:
+    """Wall time (s) and peak RSS (MB, largest process) of `vaefail reproduce` into a fresh store."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ)
+        if cold_cache:
+            env["VAEFAIL_JAX_CACHE"] = str(Path(tmp) / "jax-cache")
+        cmd = [sys.executable, "-m", "vaefail.cli", "reproduce", experiment, "--preset", preset,
+               "--out", str(Path(tmp) / "store"), "--quiet"]
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return wall, peak
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-convergence", action="store_true", help="only the throughput rows")
+    parser.add_argument("--reproduce", nargs="*", default=[], metavar="EXPERIMENT:PRESET",
+                        help="also time `vaefail reproduce`, e.g. all:quick table1:paper")
+    parser.add_argument("--cold-cache", action="store_true",
+                        help="time reproduce with an empty XLA compilation cache (a fresh machine)")
     args = parser.parse_args()
     table = Table(title=f"vaefail training speed ({os.cpu_count()} cores, jax {jax.__version__})")
     for col in ("measure", "objective", "K", "value", "unit"):
@@ -72,6 +96,12 @@ def main() -> None:
             table.add_row("figure8 fit, 10 restarts to convergence", f"{objective} S={samples}", "1",
                           f"{secs:.0f} s ({steps} steps, {10 * steps / secs:,.0f} restart-steps/s overall)",
                           "wall time")
+    for item in args.reproduce:
+        experiment, _, preset = item.partition(":")
+        wall, peak = reproduce_time(experiment, preset or "quick", args.cold_cache)
+        cache = "cold" if args.cold_cache else "warm"
+        table.add_row(f"vaefail reproduce {experiment} --preset {preset or 'quick'} ({cache} XLA cache)",
+                      "", "", f"{wall / 60:.1f} min, peak RSS {peak:,.0f} MB", "wall time")
     Console(width=160).print(table)
 
 

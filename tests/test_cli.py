@@ -77,6 +77,10 @@ def test_fit_iwae_dreg(tmp_path):
         (["fit", "-b", "clusters", "--param", "beta=-1"], "beta"),
         (["sample", "-b", "linear", "-n", "0"], "-n must be >= 1"),
         (["sample", "-b", "figure9"], "Did you mean 'figure8'"),
+        (["reproduce", "tabel1"], "unknown experiment 'tabel1'"),
+        (["reproduce", "px", "--preset", "fast"], "unknown preset 'fast'"),
+        (["reproduce", "px", "--executor", "dask"], "unknown executor 'dask'"),
+        (["reproduce", "px", "--repeats", "0"], "repeats must be >= 1"),
     ],
 )
 def test_bad_input_one_message_nonzero_exit(args, message):

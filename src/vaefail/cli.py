@@ -92,7 +92,6 @@ def sample_cmd(
 ) -> None:
     """Write N samples (x and the true z) of a benchmark to a CSV file."""
     import jax
-    import numpy as np
     import pandas as pd
 
     from vaefail.benchmarks import get_benchmark
@@ -105,7 +104,6 @@ def sample_cmd(
     cols |= {f"z{i}": data.z[:, i] for i in range(data.z.shape[1])}
     _write_atomic(out, lambda tmp: pd.DataFrame(cols).to_csv(tmp, index=False))
     console.print(f"wrote {n} samples of {bench.name} to {out}")
-    del np
 
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:

@@ -158,7 +158,26 @@ def sigma_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
     )]
 
 
-CLAIMS = {"table1": table1_claims, "px": px_claims, "latent": latent_claims, "sigma": sigma_claims}
+def sweep_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
+    """One claim per swept setting: does the VAE's -ELBO prefer K = 2 over the true K = 1 there?"""
+    out = []
+    for params in t.benchmark_params.unique():
+        k1 = _row(t, benchmark_params=params, latent_dim=1)
+        k2 = _row(t, benchmark_params=params, latent_dim=2)
+        if k1 is None or k2 is None:
+            continue
+        ok, diff, margin = _less(k2, k1, "test_neg_elbo")
+        out.append(_claim(
+            f"sweep.clusters.{params.replace(' ', ',')}.vae_elbo_prefers_larger_k",
+            f"clusters ({params}): the VAE's test -ELBO is better with K = 2 than with the true K = 1.",
+            ok, f"-ELBO(K=2) - (-ELBO(K=1)) = {diff:+.3f} nats, needs < -{margin:.3f}",
+            {"k1": float(k1.test_neg_elbo), "k2": float(k2.test_neg_elbo)},
+        ))
+    return out
+
+
+CLAIMS = {"table1": table1_claims, "px": px_claims, "latent": latent_claims, "sigma": sigma_claims,
+          "sweep": sweep_claims}
 
 
 def evaluate_claims(tables: dict[str, pd.DataFrame]) -> list[dict[str, Any]]:

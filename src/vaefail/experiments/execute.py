@@ -53,10 +53,7 @@ def execute(
         process). ``"ray"``: one Ray task per configuration on the cluster at ``address`` (default: start
         a local Ray instance).
     """
-    if executor not in EXECUTORS:
-        raise unknown_name("executor", executor, EXECUTORS)
-    if address is not None and executor != "ray":
-        raise ConfigError("--address needs --executor ray")
+    check_executor(executor, address)
     todo = list({k: s for k, s in jobs if not store.has(k)}.items())
     if not todo:
         return 0
@@ -72,6 +69,14 @@ def execute(
             store.put(key, files)
             advance()
     return len(todo)
+
+
+def check_executor(executor: str, address: str | None) -> None:
+    """Raise a clear error for an unknown executor or an address without Ray."""
+    if executor not in EXECUTORS:
+        raise unknown_name("executor", executor, EXECUTORS)
+    if address is not None and executor != "ray":
+        raise ConfigError("--address needs --executor ray")
 
 
 def _run_pool(todo: list[Job], run: Callable, workers: int) -> Iterator[tuple[str, dict[str, bytes]]]:

@@ -35,6 +35,7 @@ import pandas as pd
 from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from scipy.special import logsumexp
 
 from vaefail.benchmarks import Benchmark, get_benchmark
@@ -83,7 +84,7 @@ class FigureFile:
 def save_png(fig: Figure, path: str | os.PathLike[str]) -> bytes:
     """Render ``fig`` as PNG, write it atomically (temporary file + rename) and return the bytes."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=DPI)
     fig.clear()
     data = buffer.getvalue()
     path = Path(path)
@@ -235,9 +236,8 @@ def data_figure(bench: Benchmark, x_test: np.ndarray, panels: Sequence[Panel], k
                 levels = np.linspace(top - 8.0, top, 9)
                 ax.contour(gx, gy, np.maximum(logp, top - 8.5), levels=levels, cmap="copper_r",
                            linewidths=0.8)
-                ax.plot([], [], color="sienna", lw=0.8, label="log p(x), 1-nat levels")
-            ax.scatter(x_test[:, 0], x_test[:, 1], s=4, c=DATA_COLOUR, alpha=0.6, lw=0, label="test data")
-            ax.scatter(samples[:, 0], samples[:, 1], s=3, c=colour, alpha=0.7, lw=0, label="samples")
+            ax.scatter(x_test[:, 0], x_test[:, 1], s=4, c=DATA_COLOUR, alpha=0.6, lw=0)
+            ax.scatter(samples[:, 0], samples[:, 1], s=3, c=colour, alpha=0.7, lw=0)
             ax.set_xlim(x0, x1)
             ax.set_ylim(y0, y1)
             ax.set_aspect("equal", adjustable="box")
@@ -245,18 +245,24 @@ def data_figure(bench: Benchmark, x_test: np.ndarray, panels: Sequence[Panel], k
             if ax is axes[0]:
                 ax.set_ylabel("x2")
         else:
-            ax.hist(x_test[:, 0], bins=bins, density=True, color=DATA_COLOUR, alpha=0.6, label="test data")
-            ax.hist(samples[:, 0], bins=bins, density=True, histtype="step", color=colour, lw=1.5,
-                    label="samples")
+            ax.hist(x_test[:, 0], bins=bins, density=True, color=DATA_COLOUR, alpha=0.6)
+            ax.hist(samples[:, 0], bins=bins, density=True, histtype="step", color=colour, lw=1.5)
             if can_density:
                 dens = np.exp(_log_density(source, xs.reshape(-1, 1)))
-                ax.plot(xs, dens, color=colour, lw=1.0, ls="--", label="density")
+                ax.plot(xs, dens, color=colour, lw=1.0, ls="--")
             ax.set_xlabel("x")
             if ax is axes[0]:
                 ax.set_ylabel("density")
         title = "truth p(x)" if label == "truth" else f"{label}: p_theta(x)"
         ax.set_title(title, fontsize=10)
-        ax.legend(loc="upper right", fontsize=7, markerscale=3, framealpha=0.8)
+    handles = [Line2D([], [], ls="none", marker="o", color=DATA_COLOUR, label="test data")]
+    handles += [Line2D([], [], ls="none", marker="o", ms=4, color=_colour(obj), label=f"samples ({label})")
+                for label, obj, _ in sources]
+    if bench.x_dim == 2:
+        handles.append(Line2D([], [], color="sienna", lw=0.8, label="log p(x), 1-nat levels"))
+    else:
+        handles.append(Line2D([], [], color="0.3", lw=1.0, ls="--", label="density p(x)"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.suptitle(f"{bench.name}: test data (grey), samples from p(x) (colour)"
                  + (", contours of log p(x) (8 nats)" if bench.x_dim == 2 else ""), fontsize=11)
     return fig
@@ -306,6 +312,8 @@ def curves_figure(bench: Benchmark, x_test: np.ndarray, z_test: np.ndarray | Non
             points = np.stack([z, f[:, 0]], axis=1)
             lines = ax.add_collection(_curve_collection(points, z, norm))
             ax.set_xlim(-Z_RANGE - 0.2, Z_RANGE + 0.2)
+            lo, hi = float(np.min(x_test)), float(np.max(x_test))
+            ax.set_ylim(lo - 0.3 * (hi - lo) - 1e-6, hi + 0.3 * (hi - lo) + 1e-6)
             ax.set_xlabel(zname)
             if ax is axes[0]:
                 ax.set_ylabel("x")

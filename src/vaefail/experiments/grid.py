@@ -3,7 +3,8 @@
 Each grid file has a ``description``, a ``[grid]`` table whose lists are crossed (cartesian product), an
 optional ``[fixed]`` table of :class:`~vaefail.config.FitConfig` fields shared by every configuration, an
 ``[eval]`` table of evaluation settings, and ``[presets.<name>]`` tables (``restarts``, ``steps``,
-``repeats`` and any other FitConfig field). Two grid keys are not FitConfig fields:
+``repeats`` and any other FitConfig field). A grid axis may also list ``benchmark_params`` tables
+(TOML inline tables) to sweep a benchmark's parameters. Two grid keys are not FitConfig fields:
 
 - ``sigma_mode``: ``"fixed"`` (sigma_eps at the benchmark's truth) or ``"learned"`` (trained from there);
 - ``sigma_factor``: sigma_eps fixed at this multiple of the benchmark's true value.
@@ -23,9 +24,9 @@ from vaefail.benchmarks import get_benchmark
 from vaefail.config import FitConfig
 from vaefail.errors import ConfigError, unknown_name
 
-EXPERIMENTS = ("table1", "px", "latent", "sigma")
+EXPERIMENTS = ("table1", "px", "latent", "sigma", "sweep")
 PRESETS = ("quick", "paper", "smoke")
-LABEL_KEYS = ("benchmark", "objective", "latent_dim", "sigma_mode", "sigma_factor")
+LABEL_KEYS = ("benchmark", "benchmark_params", "objective", "latent_dim", "sigma_mode", "sigma_factor")
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def load_experiment(name: str, preset: str = "quick", repeats: int | None = None
         point = dict(zip(axes, values, strict=True))
         for rep in range(n_repeats):
             fit = {**grid.get("fixed", {}), **settings, **point, "seed": rep, "data_seed": rep}
-            labels = {k: fit[k] for k in LABEL_KEYS if k in fit} | {"repeat": rep}
+            labels = {k: _label(fit[k]) for k in LABEL_KEYS if k in fit} | {"repeat": rep}
             fit = _resolve_sigma(fit)
             config = FitConfig.from_dict(fit)  # validates every field
             tasks.append(Task(name, labels, config.to_dict(), dict(grid.get("eval", {}))))
@@ -97,6 +98,13 @@ def load_experiments(name: str, preset: str = "quick", repeats: int | None = Non
     if name != "all" and name not in EXPERIMENTS:
         raise unknown_name("experiment", name, (*EXPERIMENTS, "all"))
     return [load_experiment(n, preset, repeats) for n in names]
+
+
+def _label(value: Any) -> Any:
+    """Table labels are hashable scalars: ``{"sigma_eps": 0.1, "radius": 2}`` -> ``"sigma_eps=0.1 radius=2"``."""
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
+    return value
 
 
 def _resolve_sigma(fit: dict[str, Any]) -> dict[str, Any]:

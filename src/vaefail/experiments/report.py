@@ -59,7 +59,9 @@ h2 { border-bottom: 1px solid #bbb; padding-bottom: .15em; margin-top: 2em; }
 code, pre { background: #f3f3f3; border-radius: 3px; }
 pre { padding: .6em; overflow-x: auto; }
 table { border-collapse: collapse; margin: .8em 0; font-size: 0.86em; }
-th, td { border: 1px solid #aaa; padding: .25em .5em; text-align: right; vertical-align: top; }
+th, td { border: 1px solid #aaa; padding: .25em .5em; text-align: right; vertical-align: top;
+         white-space: nowrap; }
+td .sd { color: #666; font-size: 0.9em; }
 th { background: #eee; }
 td.label, th.label { text-align: left; }
 .wide { overflow-x: auto; }
@@ -178,6 +180,12 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool | np.bool_)
 
 
+def _fixed(v: float, digits: int) -> bool:
+    """Whether ``v`` is shown in fixed-point notation (not too large, not too small)."""
+    v = abs(float(v))
+    return v == 0 or 10**-digits <= v < 1e5
+
+
 def _fmt_number(v: Any, digits: int = 3) -> str:
     if v is None:
         return "n/a"
@@ -189,9 +197,7 @@ def _fmt_number(v: Any, digits: int = 3) -> str:
         v = float(v)
         if not math.isfinite(v):
             return "n/a"
-        if v != 0 and (abs(v) >= 1e5 or abs(v) < 10 ** -digits):
-            return f"{v:.{digits}g}"
-        return f"{v:.{digits}f}"
+        return f"{v:.{digits}f}" if _fixed(v, digits) else f"{v:.{digits}g}"
     return str(v)
 
 
@@ -215,7 +221,7 @@ def format_table(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[
                 cell = _fmt_number(value)
                 std = row.get(f"{col}_std")
                 if cell != "n/a" and std is not None and _is_number(std) and math.isfinite(float(std)):
-                    cell += f" ± {_fmt_number(std)}"
+                    cell += f" ± {float(std):.3f}" if _fixed(value, 3) else f" ± {_fmt_number(std)}"
                 cells.append(cell)
         rows.append(cells)
     return columns, rows, labels
@@ -285,9 +291,16 @@ def _html_table(headers: list[str], rows: list[list[str]], labels: list[bool] | 
     out += [f"<th{c}>{_e(h)}</th>" for h, c in zip(headers, cls, strict=True)]
     out.append("</tr></thead><tbody>")
     for row in rows:
-        out.append("<tr>" + "".join(f"<td{c}>{_e(v)}</td>" for v, c in zip(row, cls, strict=True)) + "</tr>")
+        out.append("<tr>" + "".join(f"<td{c}>{_html_cell(v)}</td>" for v, c in zip(row, cls, strict=True))
+                   + "</tr>")
     out.append("</tbody></table></div>")
     return "\n".join(out)
+
+
+def _html_cell(value: str) -> str:
+    """A table cell; the "± std" part of "mean ± std" is set smaller and grey."""
+    mean, sep, std = str(value).partition(" ± ")
+    return _e(mean) + (f'<span class="sd"> ± {_e(std)}</span>' if sep else "")
 
 
 def _html_figure(fig: FigureFile) -> str:

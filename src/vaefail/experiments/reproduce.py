@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from vaefail.errors import StoreError
-from vaefail.experiments.execute import execute
+from vaefail.experiments.execute import check_executor, execute
 from vaefail.experiments.grid import Experiment, Task, load_experiments
 from vaefail.experiments.store import ResultsStore, config_hash
 from vaefail.experiments.tasks import run_task
@@ -52,6 +52,7 @@ def reproduce(
     With ``outputs`` false, only the tables are built (no figures, claims or report).
     """
     experiments = load_experiments(experiment, preset, repeats)
+    check_executor(executor, address)
     store = ResultsStore(out)
     jobs = [(task_key(t), t.spec()) for e in experiments for t in e.tasks]
     computed = execute(jobs, store, run_task, executor=executor, address=address, workers=workers,
