@@ -101,7 +101,7 @@ def load_experiments(name: str, preset: str = "quick", repeats: int | None = Non
 
 
 def _label(value: Any) -> Any:
-    """Table labels are hashable scalars: ``{"sigma_eps": 0.1, "radius": 2}`` -> ``"sigma_eps=0.1 radius=2"``."""
+    """Hashable table label: ``{"sigma_eps": 0.1, "radius": 2}`` -> ``"sigma_eps=0.1 radius=2"``."""
     if isinstance(value, dict):
         return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
     return value
