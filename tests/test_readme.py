@@ -23,4 +23,4 @@ def test_quick_start_commands_match_ci():
     commands = blocks("bash")
     ci = (README.parent / ".ci" / "run").read_text()
     assert commands[1].strip() in ci
-    assert "vaefail fit --benchmark figure8" in commands[0]
+    assert "vaefail reproduce all --preset quick" in commands[0]

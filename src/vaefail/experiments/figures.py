@@ -84,7 +84,7 @@ class FigureFile:
 def save_png(fig: Figure, path: str | os.PathLike[str]) -> bytes:
     """Render ``fig`` as PNG, write it atomically (temporary file + rename) and return the bytes."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.1)
     fig.clear()
     data = buffer.getvalue()
     path = Path(path)
@@ -449,7 +449,7 @@ def mi_bars_figure(table: pd.DataFrame, per_dim: Callable[[str], list[float]], s
                 if values.ndim != 2 or values.shape[1] != k:
                     continue
                 mean = np.nanmean(values, axis=0)
-                std = np.nanstd(values, axis=0, ddof=1) if len(values) > 1 else np.zeros(k)
+                std = np.nanstd(values, axis=0, ddof=1) if len(values) > 1 else None
                 width = 0.8 / k
                 xs = k - 0.4 + width * (np.arange(k) + 0.5)
                 ax.bar(xs, mean, width=width * 0.9, yerr=std, color=colour, alpha=0.75, capsize=2,
@@ -512,8 +512,79 @@ def sigma_figure(table: pd.DataFrame) -> Figure:
         ax.set_title(", ".join(f"{v}" if k != "latent_dim" else f"K = {v}" for k, v in info.items()),
                      fontsize=10)
         ax.legend(fontsize=7)
-    fig.suptitle("Choosing sigma_eps: the ELBO against held-out log-likelihood (mean ± std over repeats)",
-                 fontsize=11)
+    fig.suptitle("Choosing sigma_eps: test -ELBO vs held-out -log-likelihood\n(mean ± std over repeats)",
+                 fontsize=10)
+    return fig
+
+
+def parse_params(label: Any) -> dict[str, float | str]:
+    """A ``benchmark_params`` table label (``"sigma_eps=0.1 radius=2"``) back to a dict (numbers as float)."""
+    out: dict[str, float | str] = {}
+    if not isinstance(label, str):
+        return out
+    for part in label.split():
+        name, sep, value = part.partition("=")
+        if not sep:
+            continue
+        try:
+            out[name] = float(value)
+        except ValueError:
+            out[name] = value
+    return out
+
+
+def sweep_figure(table: pd.DataFrame, low: int = 1, high: int = 2) -> Figure:
+    """Where the ELBO prefers more latent dimensions: ``-ELBO(K=high) - (-ELBO(K=low))`` per swept setting.
+
+    Negative (blue) means the larger K has the better test ELBO. When the settings form a grid over two
+    numeric benchmark parameters, a heat map annotated with the difference and two standard errors;
+    otherwise a bar chart with two-standard-error bars.
+    """
+    rows = []
+    for params, sub in table.groupby("benchmark_params", sort=False):
+        a, b = sub[sub.latent_dim == low], sub[sub.latent_dim == high]
+        if a.empty or b.empty:
+            continue
+        a, b = a.iloc[0], b.iloc[0]
+        se = math.hypot(_std(a, "test_neg_elbo") / math.sqrt(max(int(a.get("repeats", 1)), 1)),
+                        _std(b, "test_neg_elbo") / math.sqrt(max(int(b.get("repeats", 1)), 1)))
+        rows.append((str(params), parse_params(params), float(b.test_neg_elbo - a.test_neg_elbo), 2 * se))
+    if not rows:
+        raise ValueError(f"the sweep table has no setting with both K = {low} and K = {high}")
+    names = list(rows[0][1])
+    numeric = len(names) == 2 and all(
+        set(r[1]) == set(names) and all(isinstance(r[1][n], float) for n in names) for r in rows)
+    title = f"-ELBO(K={high}) - (-ELBO(K={low})) in nats: negative = the ELBO prefers K = {high}"
+    bench = str(table.benchmark.iloc[0]) if "benchmark" in table else ""
+    if numeric:
+        xs = sorted({r[1][names[0]] for r in rows})
+        ys = sorted({r[1][names[1]] for r in rows})
+        grid = np.full((len(ys), len(xs)), np.nan)
+        for _, p, diff, _ in rows:
+            grid[ys.index(p[names[1]]), xs.index(p[names[0]])] = diff
+        fig = Figure(figsize=(1.6 * len(xs) + 2.6, 1.1 * len(ys) + 1.8), layout="constrained")
+        ax = fig.subplots()
+        scale = float(np.nanmax(np.abs(grid))) or 1.0
+        image = ax.imshow(grid, cmap="RdBu_r", vmin=-scale, vmax=scale, origin="lower", aspect="auto")
+        for _, p, diff, margin in rows:
+            i, j = ys.index(p[names[1]]), xs.index(p[names[0]])
+            ax.text(j, i, f"{diff:+.3f}" + (f"\n± {margin:.3f}" if margin > 0 else ""), ha="center",
+                    va="center", fontsize=8, color="white" if abs(diff) > 0.6 * scale else "black")
+        ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
+        ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
+        ax.set_xlabel(names[0])
+        ax.set_ylabel(names[1])
+        fig.colorbar(image, ax=ax, label="nats per point")
+    else:
+        fig = Figure(figsize=(max(5.0, 1.1 * len(rows) + 1.5), 3.8), layout="constrained")
+        ax = fig.subplots()
+        diffs = [r[2] for r in rows]
+        ax.bar(range(len(rows)), diffs, yerr=[r[3] for r in rows], capsize=3,
+               color=["tab:blue" if d < 0 else "tab:red" for d in diffs])
+        ax.axhline(0.0, color="black", lw=0.8)
+        ax.set_xticks(range(len(rows)), [r[0].replace(" ", "\n") for r in rows], fontsize=7)
+        ax.set_ylabel("nats per point")
+    ax.set_title(f"{bench}: {title}", fontsize=9)
     return fig
 
 
@@ -557,9 +628,22 @@ def _first_key(row: pd.Series) -> str:
     return str(row["keys"]).split()[0]
 
 
-def _benchmark_panels(table: pd.DataFrame, bench: str, runs: _Runs) -> tuple[list[Panel], Any]:
+def _benchmark_groups(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The table's rows per benchmark (and per ``benchmark_params`` setting, if swept), with a file stem."""
+    cols = ["benchmark"] + (["benchmark_params"] if "benchmark_params" in table else [])
+    groups = list(table.groupby(cols, sort=False, dropna=False))
+    out = []
+    for labels, sub in groups:
+        labels = labels if isinstance(labels, tuple) else (labels,)
+        stem = str(labels[0])
+        if len(labels) > 1 and table["benchmark_params"].nunique(dropna=False) > 1:
+            stem += "_" + "".join(ch if ch.isalnum() or ch in ".-" else "_" for ch in str(labels[1]))
+        out.append((stem, sub))
+    return out
+
+
+def _benchmark_panels(sub: pd.DataFrame, runs: _Runs) -> tuple[list[Panel], Any]:
     """One panel per objective (repeat 0 of the first K = 1 row), and the first panel's fitted result."""
-    sub = table[table.benchmark == bench]
     if "latent_dim" in sub:
         sub = sub[sub.latent_dim == 1]
     panels, first = [], None
@@ -598,9 +682,9 @@ def make_figures(store: Any, tables: dict[str, pd.DataFrame], out_dir: str | os.
         table = tables.get(name)
         if table is None or table.empty:
             continue
-        for bench_name in dict.fromkeys(table.benchmark):
+        for bench_name, sub in _benchmark_groups(table):
             try:
-                panels, result = _benchmark_panels(table, bench_name, runs)
+                panels, result = _benchmark_panels(sub, runs)
             except Exception as err:  # noqa: BLE001
                 errors.append(f"{name}_{bench_name}: cannot load models: {type(err).__name__}: {err}")
                 continue
@@ -637,6 +721,14 @@ def make_figures(store: Any, tables: dict[str, pd.DataFrame], out_dir: str | os.
              "I(x; z_i) per latent dimension for each K (sigma_eps fixed; mean ± std over repeats); "
              "the black bar is the average over dimensions (the paper's Table 1 quantity).",
              lambda: mi_bars_figure(table, runs.per_dim_mi, cap=runs.mi_cap(keys)))
+
+    table = tables.get("sweep")
+    if table is not None and not table.empty and "benchmark_params" in table:
+        emit("sweep", "sweep_k2_minus_k1", "Where the ELBO prefers K = 2",
+             "Test -ELBO with K = 2 minus test -ELBO with the true K = 1, per swept benchmark setting "
+             "(± two standard errors over repeats when there are several); negative: the ELBO prefers the "
+             "extra latent dimension.",
+             lambda: sweep_figure(table))
 
     table = tables.get("sigma")
     if table is not None and not table.empty and "sigma_factor" in table:

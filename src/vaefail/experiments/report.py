@@ -49,7 +49,7 @@ COLUMN_HELP: dict[str, str] = {
     "test_neg_log_prob_true": "true -E log p_gt(x) on the test data (the floor any model can reach)",
 }
 
-LABEL_ORDER = ("benchmark", "objective", "latent_dim", "sigma_mode", "sigma_factor")
+LABEL_ORDER = ("benchmark", "benchmark_params", "objective", "latent_dim", "sigma_mode", "sigma_factor")
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1150px;
@@ -207,7 +207,8 @@ def format_table(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[
     The ``keys`` column and the ``_std`` companions (folded into their metric) are dropped.
     """
     columns = [c for c in table.columns if c != "keys" and not c.endswith("_std")]
-    labels = [c in LABEL_ORDER for c in columns]
+    n_labels = columns.index("repeats") if "repeats" in columns else 0  # label columns come first
+    labels = [i < n_labels or c in LABEL_ORDER for i, c in enumerate(columns)]
     rows = []
     for _, row in table.iterrows():
         cells = []
