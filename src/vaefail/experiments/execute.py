@@ -87,7 +87,14 @@ def _run_pool(todo: list[Job], run: Callable, workers: int) -> Iterator[tuple[st
         with _env(XLA_FLAGS=SINGLE_THREAD_XLA):  # workers start at submit and inherit this
             futures = {pool.submit(run, spec): key for key, spec in todo}
         for future in cf.as_completed(futures):
-            yield futures[future], future.result()
+            try:
+                files = future.result()
+            except cf.process.BrokenProcessPool as err:
+                raise VaefailError(
+                    f"a worker process died (out of memory or killed?) while running configuration "
+                    f"{futures[future]}; finished configurations are kept, rerun to resume: {err}"
+                ) from None
+            yield futures[future], files
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

@@ -103,7 +103,7 @@ COLUMNS: dict[str, Callable[[dict[str, Any]], float]] = {
     "crossing_distance": lambda r: _get(r, "metrics", "failure", "crossing", "learned", "distance"),
     "posterior_gap_model": lambda r: _get(r, "metrics", "failure", "model_posterior_gap", "gap"),
     "posterior_gap_truth": lambda r: _get(r, "metrics", "failure", "true_posterior_gap", "gap"),
-    "latent_agreement": lambda r: _get(r, "metrics", "latent_agreement", "spearman_abs"),
+    "latent_agreement": lambda r: _get(r, "metrics", "failure", "latent_agreement", "spearman_abs"),
     "test_neg_log_prob_true": lambda r: -_get(r, "summary", "test_log_prob_true"),
 }
 

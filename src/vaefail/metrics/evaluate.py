@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from rich.table import Table
 from rich.text import Text
+from scipy.stats import spearmanr
 
 from vaefail.errors import ConfigError
 from vaefail.metrics._stats import Estimate, check_x, finite
@@ -224,6 +225,7 @@ def evaluate_run(
             f"{config.benchmark} has no known self-crossing" if crossing is None
             else f"the crossing check needs a 1-D latent (K = {k})"
         )
+    failure["latent_agreement"] = _latent_agreement(model, result, split, x.shape[0], na)
     report["failure"] = failure
     seconds["failure"] = time.perf_counter() - t0
 
@@ -255,6 +257,25 @@ def _truth_section(
         "or pass truth_model"
     )
     return None
+
+
+def _latent_agreement(
+    model: Any, result: Any, split: str, n: int, na: dict[str, str]
+) -> dict[str, Any] | None:
+    """``|Spearman rho|`` between the encoder mean ``E_q[z_1|x]`` and the true latent ``z``, for ``K = 1``.
+
+    Rank correlation is invariant to the monotone reparameterisations of ``z`` that the data cannot
+    identify (sign, warping); 1 means the learned code orders the points as the true one does, 0 that it
+    is unrelated to it (as for ``quadratic``, where ``x`` depends on ``|t - 1/2|`` only, so no model can
+    recover the sign of ``t - 1/2``).
+    """
+    if model.latent_dim != 1:
+        na["failure.latent_agreement"] = f"the rank agreement compares 1-D latents (K = {model.latent_dim})"
+        return None
+    data = getattr(result.splits(), split)
+    mu, _ = jax.vmap(model.encoder)(jax.numpy.asarray(data.x[:n], dtype=jax.numpy.float32))
+    rho = spearmanr(np.asarray(mu[:, 0], np.float64), data.z[:n, 0]).statistic
+    return {"spearman_abs": finite(abs(rho)), "n": int(n)}
 
 
 def _z_grid(bench: Any) -> np.ndarray:
@@ -368,6 +389,9 @@ def evaluation_table(report: dict[str, Any], title: str | None = None) -> Table:
         row("", "curve distance (symmetric)", _num(curve["symmetric"]),
             f"= {_num(curve['symmetric_over_sigma'], 2)} sigma_eps; learned->true "
             f"{_num(curve['learned_to_true'])}, true->learned {_num(curve['true_to_learned'])}")
+    agree = fail.get("latent_agreement")
+    row("", "|rank corr(E_q z, true z)|", "n/a" if agree is None else _num(agree["spearman_abs"], 3),
+        na.get("failure.latent_agreement", "1 = the true ordering of z; 0 = unrelated"))
     cross = fail["crossing"]
     if cross is None:
         row("", "passes the crossing", "n/a", na.get("failure.crossing", ""))
