@@ -17,12 +17,13 @@ from dataclasses import fields
 from typing import Any
 
 from vaefail.benchmarks.base import DEFAULT_Z_GRID, Benchmark, Dataset, Splits
+from vaefail.benchmarks.labelled import LabelledBenchmark, LabelledDataset, Semicircle, SharedLine
 from vaefail.benchmarks.unsupervised import Clusters, Figure8, Linear, Quadratic
 from vaefail.errors import ConfigError, unknown_name
 
 #: Benchmark classes by name.
 BENCHMARKS: dict[str, type[Benchmark]] = {
-    cls.name: cls for cls in (Linear, Quadratic, Figure8, Clusters)
+    cls.name: cls for cls in (Linear, Quadratic, Figure8, Clusters, Semicircle, SharedLine)
 }
 
 
@@ -68,8 +69,12 @@ __all__ = [
     "Clusters",
     "Dataset",
     "Figure8",
+    "LabelledBenchmark",
+    "LabelledDataset",
     "Linear",
     "Quadratic",
+    "Semicircle",
+    "SharedLine",
     "Splits",
     "get_benchmark",
     "list_benchmarks",
