@@ -1,0 +1,157 @@
+"""The full configuration of one semi-supervised M2 fit on a labelled benchmark."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from vaefail.errors import ConfigError, require
+from vaefail.models import get_activation
+from vaefail.semisupervised.model import check_encoder
+from vaefail.semisupervised.objectives import check_m2_options
+
+
+@dataclass(frozen=True)
+class SemiSupervisedConfig:
+    """Everything that determines an M2 fit; the same config gives the same numbers.
+
+    Parameters
+    ----------
+    benchmark, benchmark_params
+        A *labelled* benchmark (``semicircle``, ``shared_line``) and parameter overrides.
+    objective
+        ``"vae"`` (both bounds with the analytic KL) or ``"iwae"`` (``num_samples`` importance samples per
+        class), see :mod:`vaefail.semisupervised.objectives`.
+    encoder
+        ``"mean_field"``: :math:`q(y|x) q(z|x)` (the paper's MFG setting); ``"kingma"``:
+        :math:`q(y|x) q(z|x,y)`.
+    num_samples
+        IWAE ``S`` for training and for the IWAE validation/test objective.
+    gamma, alpha
+        Weights of the labelled bound and of the labelled log q(y|x) term in J.
+    labelled_fraction
+        Fraction of the training (and, separately, validation) points whose labels the objective sees,
+        drawn balanced over classes (default 0.04: 200 of 5,000, as in DESIGN.md's prototype). 0 means
+        fully unsupervised, 1 fully supervised.
+    latent_dim
+        Latent dimension ``K`` of the model (the benchmarks' truth has ``K = 1``).
+    sigma_eps
+        Fixed observation noise std; ``None`` means the benchmark's true value.
+    hidden_width, hidden_depth, activation
+        Classifier, encoder and decoder MLPs (default 2 x 50 leaky ReLU, as the unsupervised models).
+    restarts, truth_restarts
+        Number of restarts ``R`` and how many start at the ground truth (default ``R // 2``).
+    steps, batch_size, learning_rate, final_lr_factor, eval_every, patience, tol, converge
+        As in :class:`vaefail.config.FitConfig`: Adam with exponential decay, validation J every
+        ``eval_every`` steps, best-validation snapshot per restart, stop at convergence.
+    init_steps
+        Steps of each ground-truth initialisation phase (decoder fitted to ``f_gt(y, z)``, then the
+        classifier and encoder with the decoder frozen).
+    eval_samples
+        Monte-Carlo samples per point and class for the VAE version on validation and test data.
+    n_train, n_val, n_test
+        Split sizes.
+    truth
+        Also fit the ground-truth model's best encoders (true decoder, fixed) and report its objective.
+    seed, data_seed
+        Seed of initialisation and training; seed of the data and of the labelled subset (default ``seed``).
+    """
+
+    benchmark: str = "semicircle"
+    benchmark_params: dict[str, Any] = field(default_factory=dict)
+    objective: str = "vae"
+    encoder: str = "mean_field"
+    num_samples: int = 20
+    gamma: float = 1.0
+    alpha: float = 1.0
+    labelled_fraction: float = 0.04
+    latent_dim: int = 1
+    sigma_eps: float | None = None
+    hidden_width: int = 50
+    hidden_depth: int = 2
+    activation: str = "leaky_relu"
+    restarts: int = 10
+    truth_restarts: int | None = None
+    steps: int = 30000
+    batch_size: int = 256
+    learning_rate: float = 3e-3
+    final_lr_factor: float = 0.1
+    eval_every: int = 500
+    patience: int = 6
+    tol: float = 1e-3
+    converge: bool = True
+    init_steps: int = 3000
+    eval_samples: int = 10
+    n_train: int = 5000
+    n_val: int = 1000
+    n_test: int = 2000
+    truth: bool = True
+    seed: int = 0
+    data_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        check_m2_options(self.objective, self.num_samples, self.gamma, self.alpha)
+        check_encoder(self.encoder)
+        require(
+            isinstance(self.labelled_fraction, int | float) and 0.0 <= self.labelled_fraction <= 1.0,
+            f"labelled_fraction must be in [0, 1], got {self.labelled_fraction!r}",
+        )
+        require(self.latent_dim >= 1, f"latent dimension K must be >= 1, got {self.latent_dim}")
+        require(self.restarts >= 1, f"restarts must be >= 1, got {self.restarts}")
+        require(
+            0 <= self.n_truth <= self.restarts,
+            f"truth_restarts must be in [0, restarts={self.restarts}], got {self.truth_restarts}",
+        )
+        if self.sigma_eps is not None:
+            require(
+                math.isfinite(self.sigma_eps) and self.sigma_eps > 0,
+                f"sigma_eps must be > 0, got {self.sigma_eps}",
+            )
+        get_activation(self.activation)
+        for name in ("steps", "batch_size", "eval_every", "patience", "eval_samples", "hidden_width"):
+            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("n_train", "n_val", "n_test"):
+            require(getattr(self, name) >= 2, f"{name} must be >= 2, got {getattr(self, name)}")
+        require(self.hidden_depth >= 0, f"hidden_depth must be >= 0, got {self.hidden_depth}")
+        require(self.init_steps >= 0, f"init_steps must be >= 0, got {self.init_steps}")
+        require(
+            self.learning_rate > 0 and 0 < self.final_lr_factor <= 1,
+            "need learning_rate > 0 and 0 < final_lr_factor <= 1",
+        )
+        require(self.tol >= 0, f"tol must be >= 0, got {self.tol}")
+
+    @property
+    def n_truth(self) -> int:
+        """Number of restarts initialised at the ground truth."""
+        return self.restarts // 2 if self.truth_restarts is None else self.truth_restarts
+
+    @property
+    def split_seed(self) -> int:
+        return self.seed if self.data_seed is None else self.data_seed
+
+    @property
+    def train_samples(self) -> int:
+        """Samples per point and class in training: ``S`` for IWAE, 1 for the VAE."""
+        return self.num_samples if self.objective == "iwae" else 1
+
+    @property
+    def eval_num_samples(self) -> int:
+        """Samples per point and class for validation/test objectives."""
+        return self.num_samples if self.objective == "iwae" else self.eval_samples
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SemiSupervisedConfig:
+        """Rebuild a config, rejecting unknown keys with a clear message."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown semi-supervised config keys {unknown}; valid keys: {sorted(names)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> SemiSupervisedConfig:
+        return dataclasses.replace(self, **changes)

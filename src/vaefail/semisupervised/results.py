@@ -1,0 +1,119 @@
+"""A fitted M2 result (selected model + every restart's record) and its files.
+
+The files mirror :class:`vaefail.results.FitResult`'s run folder: ``config.json`` (the full
+:class:`SemiSupervisedConfig`, the format and the selected restart), ``models.eqx`` (every restart's
+parameters, stacked), ``restarts.csv`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import pandas as pd
+
+from vaefail.benchmarks import LabelledBenchmark, get_benchmark
+from vaefail.errors import StoreError, VaefailError
+from vaefail.semisupervised.config import SemiSupervisedConfig
+from vaefail.semisupervised.model import M2
+from vaefail.training import take
+
+RUN_FORMAT = "vaefail-m2-run/1"
+RUN_FILES = ("config.json", "models.eqx", "restarts.csv", "summary.json")
+
+
+@dataclass
+class SemiSupervisedResult:
+    """The outcome of :func:`vaefail.semisupervised.fit_semisupervised`.
+
+    Attributes
+    ----------
+    config
+        The configuration that produced it.
+    models
+        Every restart's M2, stacked along a leading restart axis.
+    restarts
+        One row per restart (see :func:`~vaefail.semisupervised.training.fit_semisupervised`).
+    selected
+        Index of the selected restart (best mean validation J among those that did not diverge).
+    summary
+        Scalar results of the selected model (and of the ground-truth model, when computed).
+    """
+
+    config: SemiSupervisedConfig
+    models: M2
+    restarts: pd.DataFrame
+    selected: int
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model(self) -> M2:
+        """The selected restart's model."""
+        return take(self.models, self.selected)
+
+    @property
+    def benchmark(self) -> LabelledBenchmark:
+        return get_benchmark(self.config.benchmark, **self.config.benchmark_params)  # type: ignore[return-value]
+
+    def data(self):
+        """The splits and labelled subsets this result was fitted on (regenerated from its seeds)."""
+        from vaefail.semisupervised.training import make_data
+
+        return make_data(self.benchmark, self.config)
+
+    def to_files(self) -> dict[str, bytes]:
+        """The run folder's files as bytes, e.g. for a results store."""
+        meta = {"format": RUN_FORMAT, "selected": self.selected, "config": self.config.to_dict()}
+        buffer = io.BytesIO()
+        eqx.tree_serialise_leaves(buffer, self.models)
+        return {
+            "config.json": json.dumps(meta, indent=2).encode(),
+            "models.eqx": buffer.getvalue(),
+            "restarts.csv": self.restarts.to_csv(index=False).encode(),
+            "summary.json": json.dumps(self.summary, indent=2).encode(),
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the files into the folder ``path`` (created if needed; existing files are replaced)."""
+        path = Path(path)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            for name, data in self.to_files().items():
+                tmp = path / f".{name}.tmp"
+                tmp.write_bytes(data)
+                tmp.replace(path / name)
+        except OSError as err:
+            raise StoreError(f"cannot write M2 run folder {path}: {err.strerror or err}") from err
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> SemiSupervisedResult:
+        """Read a folder written by :meth:`save` (or :meth:`to_files`)."""
+        from vaefail.semisupervised.training import init_m2_models
+
+        path = Path(path)
+        missing = [f for f in RUN_FILES if not (path / f).is_file()]
+        if not path.is_dir() or missing:
+            raise StoreError(f"{path} is not an M2 run folder (missing {', '.join(missing) or 'folder'})")
+        try:
+            meta = json.loads((path / "config.json").read_text())
+            if meta.get("format") != RUN_FORMAT:
+                raise StoreError(f"{path} has format {meta.get('format')!r}; expected {RUN_FORMAT!r}")
+            config = SemiSupervisedConfig.from_dict(meta["config"])
+            bench = get_benchmark(config.benchmark, **config.benchmark_params)
+            keys = list(jax.random.split(jax.random.PRNGKey(0), config.restarts))
+            skeleton = init_m2_models(config, bench, keys)  # type: ignore[arg-type]
+            models = eqx.tree_deserialise_leaves(path / "models.eqx", skeleton)
+            restarts = pd.read_csv(path / "restarts.csv")
+            summary = json.loads((path / "summary.json").read_text())
+        except VaefailError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise StoreError(f"{path} is a damaged M2 run folder: {err}") from err
+        return cls(config, models, restarts, int(meta["selected"]), summary)
