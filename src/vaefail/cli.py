@@ -18,7 +18,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from vaefail.errors import DataError, StoreError, VaefailError
+from vaefail._io import write_atomic
+from vaefail.errors import DataError, VaefailError
 
 app = typer.Typer(
     name="vaefail",
@@ -102,19 +103,8 @@ def sample_cmd(
     data = bench.sample(jax.random.PRNGKey(seed), n)
     cols = {f"x{i}": data.x[:, i] for i in range(bench.x_dim)}
     cols |= {f"z{i}": data.z[:, i] for i in range(data.z.shape[1])}
-    _write_atomic(out, lambda tmp: pd.DataFrame(cols).to_csv(tmp, index=False))
+    write_atomic(out, pd.DataFrame(cols).to_csv(index=False).encode())
     console.print(f"wrote {n} samples of {bench.name} to {out}")
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        tmp.replace(path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise StoreError(f"cannot write {path}: {err.strerror or err}") from err
 
 
 @app.command("fit")
@@ -212,7 +202,7 @@ def evaluate_cmd(
     report = evaluate_run(result, jax.random.PRNGKey(seed), num_samples=samples, split=split)
     console.print(evaluation_table(report))
     if json_out is not None:
-        _write_atomic(json_out, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
+        write_atomic(json_out, json.dumps(report, indent=2).encode())
         console.print(f"wrote {json_out}")
 
 

@@ -38,6 +38,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from scipy.special import logsumexp
 
+from vaefail._io import write_atomic
 from vaefail.benchmarks import Benchmark, get_benchmark
 from vaefail.metrics.information import encode
 from vaefail.metrics.likelihood import decode, exact_log_likelihood
@@ -87,14 +88,7 @@ def save_png(fig: Figure, path: str | os.PathLike[str]) -> bytes:
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.1)
     fig.clear()
     data = buffer.getvalue()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, data)
     return data
 
 

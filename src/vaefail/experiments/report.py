@@ -17,7 +17,6 @@ import base64
 import datetime as _dt
 import html
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vaefail.errors import StoreError
+from vaefail._io import write_atomic
 from vaefail.experiments.figures import FigureFile, make_figures
 
 #: What each table column means (shown under each table, for the columns it has).
@@ -121,8 +120,8 @@ def write_outputs(store: Any, experiments: list[Any], tables: dict[str, pd.DataF
         root=root,
     )
     html_path, md_path = root / "report.html", root / "report.md"
-    _write_atomic(html_path, render_html(context).encode("utf-8"))
-    _write_atomic(md_path, render_markdown(context).encode("utf-8"))
+    write_atomic(html_path, render_html(context).encode("utf-8"))
+    write_atomic(md_path, render_markdown(context).encode("utf-8"))
     return ReportFiles(html_path, md_path, [f.path for fs in figures.values() for f in fs], errors)
 
 
@@ -465,13 +464,3 @@ def render_markdown(ctx: _Context) -> str:
         out += [f"- **{c.get('id', '')}**: {c.get('note') or c.get('comparison', '')}" for c in untested]
         out.append("")
     return "\n".join(out)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise StoreError(f"cannot write {path}: {err.strerror or err}") from err

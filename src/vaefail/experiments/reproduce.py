@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vaefail._io import write_atomic
 from vaefail.errors import StoreError
 from vaefail.experiments.execute import check_executor, execute
 from vaefail.experiments.grid import Experiment, Task, load_experiments
@@ -59,14 +60,14 @@ def reproduce(
                        progress=progress)
     tables = {e.name: build_table(e, store) for e in experiments}
     for name, table in tables.items():
-        _write_atomic(store.root / f"{name}.csv", table.to_csv(index=False).encode())
+        write_atomic(store.root / f"{name}.csv", table.to_csv(index=False).encode())
     claims: list[dict[str, Any]] = []
     if outputs:
         from vaefail.experiments.claims import evaluate_claims
         from vaefail.experiments.report import write_outputs
 
         claims = evaluate_claims(tables)
-        _write_atomic(store.root / "claims.json", json.dumps(claims, indent=2).encode())
+        write_atomic(store.root / "claims.json", json.dumps(claims, indent=2).encode())
         write_outputs(store, experiments, tables, claims, preset=preset)
     return Reproduction(store.root, experiments, tables, claims, computed)
 
@@ -143,15 +144,3 @@ def build_table(experiment: Experiment, store: ResultsStore) -> pd.DataFrame:
         c for name in COLUMNS for c in (name, f"{name}_std") if c in keep
     ] + ["keys"]
     return table[ordered]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise StoreError(f"cannot write {path}: {err.strerror or err}") from err
-
-

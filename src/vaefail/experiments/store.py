@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from vaefail._io import write_atomic
 from vaefail.errors import StoreError
 
 STORE_FORMAT = "vaefail-store/1"
@@ -67,7 +68,7 @@ class ResultsStore:
                 )
             self.runs.mkdir(parents=True, exist_ok=True)
             if not marker.exists():
-                _write_text_atomic(marker, json.dumps({"format": STORE_FORMAT}))
+                write_atomic(marker, json.dumps({"format": STORE_FORMAT}).encode())
         except OSError as err:
             raise StoreError(f"cannot use {self.root} as a results store: {err.strerror or err}") from err
         self._clean_stale()
@@ -124,9 +125,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

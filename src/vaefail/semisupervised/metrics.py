@@ -201,7 +201,9 @@ def collapse_score(
     :func:`model_class_log_prob`). It compares
     *distributions* over x, so it does not depend on how z is parameterised: a sign flip or any
     monotone reparameterisation of z within a class changes neither the model's :math:`p_\\theta(x|y)`
-    nor the score. 0 means full collapse (identical class-conditionals), 1 the truth's separation.
+    nor the score. 0 means full collapse (identical class-conditionals), 1 the truth's separation, above 1
+    classes more separated than in the truth. Being a Monte-Carlo estimate, it can come out slightly
+    negative near 0 (within ``score_stderr``).
 
     Also reported, as the picture the decoder curves give: ``decoder_gap``
     :math:`E_{z \\sim N(0,1)} \\lVert f_\\theta(0, z) - f_\\theta(1, z) \\rVert` and the truth's (this one

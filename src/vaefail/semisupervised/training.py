@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import equinox as eqx
 import jax
@@ -29,6 +29,9 @@ from vaefail.semisupervised.config import SemiSupervisedConfig
 from vaefail.semisupervised.model import M2, TrueLabelledDecoder, make_m2
 from vaefail.semisupervised.objectives import m2_loss_fn, m2_terms, pack
 from vaefail.training import OptimiseResult, concat, optimise, stack, take
+
+if TYPE_CHECKING:
+    from vaefail.semisupervised.results import SemiSupervisedResult
 
 
 def require_labelled(benchmark: Any) -> LabelledBenchmark:
@@ -292,7 +295,7 @@ def evaluate_m2(
 
 def fit_semisupervised(
     config: SemiSupervisedConfig, benchmark: LabelledBenchmark | None = None, *, progress: bool = False
-):
+) -> SemiSupervisedResult:
     """Train M2 with the restart protocol and select a restart; returns a
     :class:`~vaefail.semisupervised.results.SemiSupervisedResult`.
 
