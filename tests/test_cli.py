@@ -34,6 +34,13 @@ def test_sample_writes_csv(tmp_path):
     assert list(frame.columns) == ["x0", "x1", "z0"] and len(frame) == 50
 
 
+def test_sample_labelled_benchmark_writes_labels(tmp_path):
+    out = tmp_path / "s.csv"
+    assert run("sample", "--benchmark", "semicircle", "-n", "40", "--out", str(out)).exit_code == 0
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == ["x0", "x1", "z0", "y"] and set(frame.y) <= {0, 1}
+
+
 def test_fit_prints_table_and_saves_run(tmp_path):
     out = tmp_path / "run"
     result = run("fit", "--benchmark", "quadratic", "--out", str(out), *TINY)
@@ -77,6 +84,7 @@ def test_fit_iwae_dreg(tmp_path):
         (["fit", "-b", "clusters", "--param", "beta=-1"], "beta"),
         (["sample", "-b", "linear", "-n", "0"], "-n must be >= 1"),
         (["sample", "-b", "figure9"], "Did you mean 'figure8'"),
+        (["fit", "-b", "semicircle", "--restarts", "1"], "is a labelled benchmark"),
         (["reproduce", "tabel1"], "unknown experiment 'tabel1'"),
         (["reproduce", "px", "--preset", "fast"], "unknown preset 'fast'"),
         (["reproduce", "px", "--executor", "dask"], "unknown executor 'dask'"),

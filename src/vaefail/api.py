@@ -10,7 +10,7 @@ import pandas as pd
 
 from vaefail.benchmarks import Benchmark, get_benchmark
 from vaefail.config import FitConfig
-from vaefail.errors import VaefailError
+from vaefail.errors import ConfigError, VaefailError
 from vaefail.results import FitResult
 from vaefail.training import evaluate_bounds, stack, train_restarts, truth_model
 
@@ -74,6 +74,11 @@ def fit_config(
     """:func:`fit` from a :class:`FitConfig`."""
     if benchmark is None:
         benchmark = get_benchmark(config.benchmark, **config.benchmark_params)
+    if benchmark.labelled:
+        raise ConfigError(
+            f"{benchmark.name!r} is a labelled benchmark: fit it with "
+            "vaefail.semisupervised.run_semisupervised, not the unsupervised fit"
+        )
     splits = benchmark.splits(config.n_train, config.n_val, config.n_test, seed=config.split_seed)
     outcome = train_restarts(benchmark, splits, config, progress=progress)
     eval_key = jax.random.PRNGKey(config.seed + 1_000_003)

@@ -103,6 +103,8 @@ def sample_cmd(
     data = bench.sample(jax.random.PRNGKey(seed), n)
     cols = {f"x{i}": data.x[:, i] for i in range(bench.x_dim)}
     cols |= {f"z{i}": data.z[:, i] for i in range(data.z.shape[1])}
+    if bench.labelled:
+        cols["y"] = data.y
     write_atomic(out, pd.DataFrame(cols).to_csv(index=False).encode())
     console.print(f"wrote {n} samples of {bench.name} to {out}")
 
