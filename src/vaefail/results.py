@@ -92,15 +92,7 @@ class FitResult:
 
     def to_files(self) -> dict[str, bytes]:
         """The run folder's files as bytes (what :meth:`save` writes), e.g. to ship from a worker."""
-        meta = {"format": RUN_FORMAT, "selected": self.selected, "config": self.config.to_dict()}
-        buffer = io.BytesIO()
-        eqx.tree_serialise_leaves(buffer, self.models)
-        return {
-            "config.json": json.dumps(meta, indent=2).encode(),
-            "models.eqx": buffer.getvalue(),
-            "restarts.csv": self.restarts.to_csv(index=False).encode(),
-            "summary.json": json.dumps(self.summary, indent=2).encode(),
-        }
+        return run_files(RUN_FORMAT, self)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> FitResult:
@@ -131,6 +123,24 @@ class FitResult:
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise StoreError(f"{path} is a damaged run folder: {err}") from err
         return cls(config, models, restarts, int(meta["selected"]), summary)
+
+
+def run_files(run_format: str, result: Any) -> dict[str, bytes]:
+    """The files of a run folder as bytes: ``config.json`` (format, selected restart, config),
+    ``models.eqx`` (every restart, stacked), ``restarts.csv`` and ``summary.json``.
+
+    Shared by every result type with ``config.to_dict()``, ``selected``, ``models``, ``restarts`` and
+    ``summary`` (the unsupervised :class:`FitResult` and the semi-supervised result).
+    """
+    meta = {"format": run_format, "selected": result.selected, "config": result.config.to_dict()}
+    buffer = io.BytesIO()
+    eqx.tree_serialise_leaves(buffer, result.models)
+    return {
+        "config.json": json.dumps(meta, indent=2).encode(),
+        "models.eqx": buffer.getvalue(),
+        "restarts.csv": result.restarts.to_csv(index=False).encode(),
+        "summary.json": json.dumps(result.summary, indent=2).encode(),
+    }
 
 
 def check_writable(path: Path) -> None:

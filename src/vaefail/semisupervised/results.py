@@ -7,7 +7,6 @@ parameters, stacked), ``restarts.csv`` and ``summary.json``.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import pandas as pd
 
 from vaefail.benchmarks import LabelledBenchmark, get_benchmark
 from vaefail.errors import StoreError, VaefailError
+from vaefail.results import run_files
 from vaefail.semisupervised.config import SemiSupervisedConfig
 from vaefail.semisupervised.model import M2
 from vaefail.training import take
@@ -69,15 +69,7 @@ class SemiSupervisedResult:
 
     def to_files(self) -> dict[str, bytes]:
         """The run folder's files as bytes, e.g. for a results store."""
-        meta = {"format": RUN_FORMAT, "selected": self.selected, "config": self.config.to_dict()}
-        buffer = io.BytesIO()
-        eqx.tree_serialise_leaves(buffer, self.models)
-        return {
-            "config.json": json.dumps(meta, indent=2).encode(),
-            "models.eqx": buffer.getvalue(),
-            "restarts.csv": self.restarts.to_csv(index=False).encode(),
-            "summary.json": json.dumps(self.summary, indent=2).encode(),
-        }
+        return run_files(RUN_FORMAT, self)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the files into the folder ``path`` (created if needed; existing files are replaced)."""
