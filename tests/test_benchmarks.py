@@ -105,8 +105,11 @@ def test_params_json_round_trip(bench):
 
 
 def test_benchmarks_hash_by_identity_and_are_static_jit_args(bench):
-    other = get_benchmark(bench.name)
+    other = type(bench)()
     assert bench != other and len({bench, other, bench}) == 2
+    # get_benchmark shares one instance per (name, parameters), so compiled code is reused across fits.
+    assert get_benchmark(bench.name) is get_benchmark(bench.name)
+    assert get_benchmark(bench.name, sigma_eps=0.3) is not get_benchmark(bench.name)
     f = jax.jit(lambda b, z: b.f_gt(z), static_argnums=0)
     z = jnp.linspace(-2.0, 2.0, 5)[:, None]
     np.testing.assert_allclose(f(bench, z), bench.f_gt(z), rtol=1e-6, atol=1e-6)

@@ -85,3 +85,18 @@ def test_bad_input_rejected():
         passes_through(bench, (np.nan, 0.0), radius=0.1)
     with pytest.raises(ConfigError):
         passes_through(bench, (0.0, 0.0), radius=0.0)
+
+
+def test_pruned_polyline_distance_equals_brute_force():
+    """The KD-tree pruning is exact: same distances and segments as checking every segment."""
+    from vaefail.metrics.curves import _distance_all_segments
+
+    rng = np.random.default_rng(3)
+    steps = rng.normal(size=(400, 2)) * rng.choice([0.01, 1.0], size=(400, 1), p=[0.95, 0.05])
+    vertices = np.cumsum(steps, axis=0)
+    for scale in (0.01, 0.5, 5.0):
+        points = vertices[rng.integers(0, 400, 2000)] + scale * rng.normal(size=(2000, 2))
+        d, seg = distance_to_polyline(points, vertices)
+        d_all, seg_all = _distance_all_segments(points, vertices)
+        np.testing.assert_array_equal(d, d_all)
+        np.testing.assert_array_equal(seg, seg_all)

@@ -476,6 +476,17 @@ def train_restarts(
     )
 
 
+@eqx.filter_jit
+def _chunk_bounds(params, xc, key, *, static, score, samples):
+    """Per restart: ``score`` (the training bound) and the mean ELBO with ``samples`` draws on ``xc``."""
+
+    def one(p):
+        model = eqx.combine(p, static)
+        return score(model, (xc, key)), jnp.mean(elbo(model, xc, jax.random.fold_in(key, 1), samples).bound)
+
+    return jax.vmap(one)(params)
+
+
 def evaluate_bounds(
     models: VAE, x: np.ndarray, config: FitConfig, key: jax.Array, chunk: int = 1000
 ) -> dict[str, np.ndarray]:
@@ -486,21 +497,14 @@ def evaluate_bounds(
     expectation to ``elbo`` for ``vae``; ``IWAE_S`` for ``iwae``). Points are processed in chunks.
     """
     params, static = eqx.partition(models, eqx.is_inexact_array)
-
     score = _score(config.objective, _val_samples(config))
-
-    @jax.jit
-    def chunk_means(p, xc, k):
-        model = eqx.combine(p, static)
-        bound = score(model, (xc, k))
-        return bound, jnp.mean(elbo(model, xc, jax.random.fold_in(k, 1), config.eval_samples).bound)
-
-    run = jax.vmap(chunk_means, in_axes=(0, None, None))
     xs = _as_f32(x)
     totals = {"bound": 0.0, "elbo": 0.0}
     for i, start in enumerate(range(0, len(xs), chunk)):
         xc = xs[start : start + chunk]
-        bound, elbo_mean = run(params, xc, jax.random.fold_in(key, i))
+        bound, elbo_mean = _chunk_bounds(
+            params, xc, jax.random.fold_in(key, i), static=static, score=score, samples=config.eval_samples
+        )
         totals["bound"] = totals["bound"] + np.asarray(bound, np.float64) * len(xc) / len(xs)
         totals["elbo"] = totals["elbo"] + np.asarray(elbo_mean, np.float64) * len(xc) / len(xs)
     return totals

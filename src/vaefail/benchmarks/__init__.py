@@ -13,6 +13,7 @@ New benchmarks (e.g. the labelled ``semicircle``) register themselves by adding 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import fields
 from typing import Any
 
@@ -59,7 +60,17 @@ def get_benchmark(name: str, **params: Any) -> Benchmark:
             f"benchmark {name!r} has no parameter(s) {', '.join(unknown)}; "
             f"valid parameters: {', '.join(valid)}"
         )
-    return cls(**params)
+    try:
+        return _build(name, tuple(sorted(params.items())))
+    except TypeError:  # an unhashable parameter value: build uncached
+        return cls(**params)
+
+
+@functools.lru_cache(maxsize=64)
+def _build(name: str, params: tuple[tuple[str, Any], ...]) -> Benchmark:
+    """One shared instance per (name, parameters): benchmarks are immutable, and functions compiled for
+    one instance (its ``f_gt`` is part of a model's static structure) are then reused by the next task."""
+    return BENCHMARKS[name](**dict(params))
 
 
 __all__ = [

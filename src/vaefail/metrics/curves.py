@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.spatial import cKDTree
 from scipy.special import ndtri
 
 from vaefail.errors import ConfigError, DataError, require
@@ -59,6 +60,40 @@ def distance_to_polyline(points: np.ndarray, vertices: np.ndarray) -> tuple[np.n
     ver = np.asarray(vertices, np.float64)
     if pts.ndim != 2 or ver.ndim != 2 or pts.shape[1] != ver.shape[1] or ver.shape[0] < 2:
         raise DataError(f"need points (n, D) and vertices (V >= 2, D), got {pts.shape} and {ver.shape}")
+    n, seg_len = pts.shape[0], np.linalg.norm(np.diff(ver, axis=0), axis=1)
+    # Exact pruning: a segment of length L whose nearest point to p is within d of p has an end within
+    # d + L/2 of p. d_v (distance to the nearest vertex) bounds the answer, so for segments no longer
+    # than `short` the candidates are the segments at the vertices within d_v + short/2; the (at most 32)
+    # longer segments are checked against every point.
+    extent = float(np.max(np.ptp(ver, axis=0)))
+    if float(np.median(seg_len)) < 1e-6 * extent:
+        # Most vertices piled on a few spots (the plateaus of `clusters`): every ball holds a pile.
+        return _distance_all_segments(pts, ver)
+    short = max(float(np.median(seg_len)) * 4.0, float(np.sort(seg_len)[max(0, len(seg_len) - 33)]), 1e-12)
+    tree = cKDTree(ver)
+    d_v = tree.query(pts)[0]
+    radius = d_v * (1 + 1e-9) + short / 2
+    counts = np.asarray(tree.query_ball_point(pts, radius, return_length=True), dtype=np.int64)
+    long = np.flatnonzero(seg_len > short)
+    if 2 * counts.sum() + n * len(long) > n * len(seg_len) // 4:
+        # Pruning does not pay (e.g. thousands of vertices piled on the plateaus of `clusters`).
+        return _distance_all_segments(pts, ver)
+    near = tree.query_ball_point(pts, radius)
+    vert = np.fromiter((i for v in near for i in v), dtype=np.int64, count=int(counts.sum()))
+    owner = np.repeat(np.arange(n), counts)
+    segs = np.concatenate([vert - 1, vert])
+    owner = np.concatenate([owner, owner])
+    ok = (segs >= 0) & (segs < len(seg_len)) & (seg_len[np.clip(segs, 0, len(seg_len) - 1)] <= short)
+    owner = np.concatenate([owner[ok], np.repeat(np.arange(n), len(long))])
+    segs = np.concatenate([segs[ok], np.tile(long, n)])
+    d2 = _segment_d2(pts[owner], ver[segs], ver[segs + 1])
+    order = np.lexsort((segs, d2, owner))  # per point: smallest distance, then lowest segment index
+    first = order[np.r_[True, owner[order][1:] != owner[order][:-1]]]
+    return np.sqrt(d2[first]), segs[first]
+
+
+def _distance_all_segments(pts: np.ndarray, ver: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`distance_to_polyline` by brute force over every (point, segment) pair, in chunks."""
     start, seg = ver[:-1], np.diff(ver, axis=0)
     length2 = np.sum(seg**2, axis=1)
     safe = np.where(length2 > 0, length2, 1.0)
@@ -74,6 +109,15 @@ def distance_to_polyline(points: np.ndarray, vertices: np.ndarray) -> tuple[np.n
         which[p : p + chunk] = k
         dist[p : p + chunk] = np.sqrt(d2[np.arange(d2.shape[0]), k])
     return dist, which
+
+
+def _segment_d2(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared distance from each ``p[i]`` to the segment ``[a[i], b[i]]`` (all shape ``(m, D)``)."""
+    seg, rel = b - a, p - a
+    length2 = np.sum(seg**2, axis=1)
+    t = np.clip(np.sum(rel * seg, axis=1) / np.where(length2 > 0, length2, 1.0), 0.0, 1.0)
+    t = np.where(length2 > 0, t, 0.0)
+    return np.sum((rel - t[:, None] * seg) ** 2, axis=1)
 
 
 @dataclass(frozen=True)
