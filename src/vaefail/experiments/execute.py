@@ -55,6 +55,7 @@ def execute(
     """
     check_executor(executor, address)
     todo = list({k: s for k, s in jobs if not store.has(k)}.items())
+    todo.sort(key=lambda job: -estimated_cost(job[1]))  # longest first: no long task left alone at the end
     if not todo:
         return 0
     workers = workers or os.cpu_count() or 1
@@ -69,6 +70,20 @@ def execute(
             store.put(key, files)
             advance()
     return len(todo)
+
+
+def estimated_cost(spec: dict[str, Any]) -> float:
+    """A rough relative cost of a job, for scheduling only: restarts x steps x samples per step.
+
+    Reads ``spec["fit"]`` (``restarts``, ``steps``, ``objective``, ``num_samples``, ``latent_dim``), with
+    defaults for anything missing, so any spec shape is accepted.
+    """
+    fit = spec.get("fit", {}) if isinstance(spec, dict) else {}
+    if not isinstance(fit, dict):
+        return 0.0
+    samples = float(fit.get("num_samples", 1)) if fit.get("objective") == "iwae" else 1.0
+    return float(fit.get("restarts", 10)) * float(fit.get("steps", 1)) * samples * (
+        1.0 + 0.2 * float(fit.get("latent_dim", 1)))
 
 
 def check_executor(executor: str, address: str | None) -> None:
