@@ -211,7 +211,8 @@ def evaluate_cmd(
 @app.command("reproduce")
 @friendly
 def reproduce_cmd(
-    experiment: Annotated[str, typer.Argument(help="table1, px, latent, sigma or all.")] = "all",
+    experiment: Annotated[str, typer.Argument(
+        help="table1, px, latent, sigma, sweep, semisupervised or all.")] = "all",
     preset: Annotated[str, typer.Option(help="quick (minutes) or paper (the paper's protocol).")] = "quick",
     out: Annotated[Path, typer.Option(help="Results folder (a resumable store).")] = Path("results"),
     executor: Annotated[str, typer.Option(help="local or ray.")] = "local",

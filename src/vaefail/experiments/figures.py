@@ -12,6 +12,8 @@ Figures per experiment (only for experiments present in the tables):
 - ``table1``: test -ELBO against ``K`` (:func:`elbo_vs_k_figure`) and per-dimension mutual information
   (:func:`mi_bars_figure`).
 - ``sigma``: test -ELBO and held-out -log-likelihood against ``sigma_eps`` (:func:`sigma_figure`).
+- ``semisupervised``, per labelled benchmark: each M2's decoder curves per class beside the truth (the
+  paper's Figure 6, :func:`decoder_curves_figure`); ``digits``: accuracies (:func:`digits_figure`).
 
 The learned latent ``z`` of a model is only identified up to reparameterisation, so model panels are
 labelled "model's z" and compared with the model's own exact posterior, never with the true ``z``.
@@ -40,9 +42,11 @@ from scipy.special import logsumexp
 
 from vaefail._io import write_atomic
 from vaefail.benchmarks import Benchmark, get_benchmark
+from vaefail.benchmarks.labelled import LabelledBenchmark, LabelledDataset
 from vaefail.metrics.information import encode
 from vaefail.metrics.likelihood import decode, exact_log_likelihood
 from vaefail.models import LOG_2PI, VAE
+from vaefail.semisupervised.model import M2
 
 #: Resolution of every saved PNG.
 DPI = 100
@@ -583,6 +587,61 @@ def sweep_figure(table: pd.DataFrame, low: int = 1, high: int = 2) -> Figure:
 
 
 # ------------------------------------------------------------------------------------------------
+# Semi-supervised: decoder curves per class (the paper's Figure 6) and digits accuracies
+# ------------------------------------------------------------------------------------------------
+
+
+def decoder_curves_figure(bench: LabelledBenchmark, data: LabelledDataset,
+                          panels: Sequence[tuple[str, M2]]) -> Figure:
+    """The paper's Figure 6: each M2's decoder curves :math:`f_\\theta(y, \\cdot)` per class beside the
+    truth's :math:`f_{gt}(y, \\cdot)`, one column per model.
+
+    Top row: the curves in the data plane over the test data (coloured by label), a dot at ``z = 0`` and
+    an arrow towards increasing z; on ``semicircle`` both classes share one arc, so the curves overlap
+    there whatever the model does, and the arrows show whether the classes still run in opposite
+    directions. Bottom row: data coordinate ``x0`` against z, where functional collapse shows as the
+    solid curves of the two classes lying on top of each other while the dashed true ones differ.
+    Drawn by :func:`vaefail.semisupervised.plot_decoder_curves`.
+    """
+    from vaefail.semisupervised import plot_decoder_curves
+
+    fig = Figure(figsize=(4.3 * max(1, len(panels)), 8.0), layout="constrained")
+    axes = fig.subplots(2, max(1, len(panels)), squeeze=False)
+    for j, (label, model) in enumerate(panels):
+        plot_decoder_curves(model, bench, axes[0, j], kind="data", data=data, max_points=MAX_POINTS // 2,
+                            title=f"{label}: curves over the data")
+        plot_decoder_curves(model, bench, axes[1, j], kind="latent", coordinate=0,
+                            title=f"{label}: x0 against z")
+    fig.suptitle(f"{bench.name}: decoder curves per class, learned (solid) and true (dashed)", fontsize=10)
+    return fig
+
+
+def digits_figure(table: pd.DataFrame) -> Figure:
+    """Test accuracy on digits per labelled budget: M2 and the labelled-only classifiers, mean ± std over
+    seeds."""
+    methods = [(c, label) for c, label in (("m2_accuracy", "M2"), ("logistic_accuracy", "logistic (labelled "
+               "only)"), ("mlp_accuracy", "MLP (labelled only)")) if c in table]
+    fig = Figure(figsize=(2.2 + 1.6 * len(table), 3.8), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(methods))
+    x = np.arange(len(table))
+    for i, (col, label) in enumerate(methods):
+        values = table[col].to_numpy(float)
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, values, width,
+               yerr=[_std(r, col) for _, r in table.iterrows()], capsize=3, label=label,
+               color=("tab:red", "tab:gray", "tab:blue")[i % 3])
+    ax.set_xticks(x, [f"{v} labels per class" if v != "all" else "all labels"
+                      for v in table.labels_per_class])
+    low = float(np.nanmin(table[[c for c, _ in methods]].to_numpy(float))) if methods else 0.0
+    ax.set_ylim(max(0.0, low - 0.1), 1.0)
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("digits: M2 against classifiers trained on the labelled points alone\n"
+                 "(mean ± std over seeds)", fontsize=9)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------
 # All figures of a reproduction
 # ------------------------------------------------------------------------------------------------
 
@@ -600,6 +659,13 @@ class _Runs:
             from vaefail.results import FitResult
 
             self._results[key] = FitResult.load(self.store.path(key))
+        return self._results[key]
+
+    def m2_result(self, key: str) -> Any:
+        if key not in self._results:
+            from vaefail.semisupervised import SemiSupervisedResult
+
+            self._results[key] = SemiSupervisedResult.load(self.store.path(key))
         return self._results[key]
 
     def metrics(self, key: str) -> dict[str, Any]:
@@ -646,6 +712,21 @@ def _benchmark_panels(sub: pd.DataFrame, runs: _Runs) -> tuple[list[Panel], Any]
         result = runs.result(_first_key(row))
         first = first or result
         panels.append(Panel(str(objective).upper(), str(objective), result.model))
+    return panels, first
+
+
+def _m2_panels(sub: pd.DataFrame, runs: _Runs) -> tuple[list[tuple[str, M2]], Any]:
+    """One panel per (objective, encoder) row (its repeat 0), labelled with that run's collapse score."""
+    panels, first = [], None
+    several = "encoder" in sub and sub.encoder.nunique() > 1
+    for _, row in sub.iterrows():
+        key = _first_key(row)
+        result = runs.m2_result(key)
+        first = first or result
+        score = ((runs.metrics(key).get("test") or {}).get("collapse") or {}).get("score")
+        label = str(row.objective).upper() + (f", {row.encoder}" if several else "")
+        label += f" (collapse score {score:.2f})" if score is not None else ""
+        panels.append((label, result.model))
     return panels, first
 
 
@@ -730,4 +811,28 @@ def make_figures(store: Any, tables: dict[str, pd.DataFrame], out_dir: str | os.
              "Test -ELBO and held-out -log p_theta(x) (exact quadrature) for models with sigma_eps fixed at "
              "multiples of the truth (dashed line); stars mark each criterion's choice.",
              lambda: sigma_figure(table))
+
+    table = tables.get("semisupervised")
+    if table is not None and not table.empty:
+        for bench_name, sub in _benchmark_groups(table):
+            try:
+                m2_panels, result = _m2_panels(sub, runs)
+            except Exception as err:  # noqa: BLE001
+                errors.append(f"semisupervised_{bench_name}: cannot load models: {type(err).__name__}: {err}")
+                continue
+            emit("semisupervised", f"semisupervised_{bench_name}_decoder_curves",
+                 f"{bench_name}: M2 decoder curves per class (the paper's Figure 6)",
+                 "Each model's decoder f_theta(y, z) per class (solid) beside the true f_gt(y, z) (dashed), "
+                 "repeat 0 of each configuration. Top: in the data plane over the test data, a dot at z = 0 "
+                 "and an arrow towards increasing z. Bottom: x0 against z; functional collapse shows as the "
+                 "solid curves of the two classes lying on top of each other while the true ones differ. "
+                 "A per-class flip of z's sign is not identified by the data and shows as a mirrored curve.",
+                 lambda r=result, p=m2_panels: decoder_curves_figure(r.benchmark, r.data().test, p))
+
+    table = tables.get("digits")
+    if table is not None and not table.empty and "labels_per_class" in table:
+        emit("digits", "digits_accuracy", "Digits: M2 against labelled-only classifiers",
+             "Test accuracy (450 held-out images) of M2 and of classifiers trained on the labelled points "
+             "alone, with 10 labels per class and with every training label; mean ± std over seeds.",
+             lambda: digits_figure(table))
     return figures, errors

@@ -10,44 +10,88 @@ optional ``[fixed]`` table of :class:`~vaefail.config.FitConfig` fields shared b
 - ``sigma_factor``: sigma_eps fixed at this multiple of the benchmark's true value.
 
 Repetition ``r`` of a configuration uses ``seed = data_seed = r``: independent data and initialisation.
+
+Two optional keys generalise this, and grids without them mean what they always meant:
+
+- ``kind`` (top level): what a configuration is. ``"fit"`` (default): a :class:`~vaefail.config.FitConfig`
+  run by the unsupervised protocol; ``"semisupervised"``: a
+  :class:`~vaefail.semisupervised.SemiSupervisedConfig` (M2 on a labelled benchmark); ``"digits"``: a
+  :class:`~vaefail.semisupervised.DigitsConfig` with one seed per repetition (``seeds = [r]``).
+- ``[tables.<name>]``: a further grid of the same experiment (its own ``kind``, ``grid``, ``fixed``,
+  ``eval`` and ``presets``), whose rows form the table ``<name>`` (written to ``<name>.csv``); the main
+  grid's rows form the table named after the experiment.
+
+A preset may also replace grid axes and evaluation settings: ``[presets.<name>.grid]`` and
+``[presets.<name>.eval]`` list the entries it changes (e.g. more encoders at the paper preset than at the
+quick one, fewer evaluation samples in the smoke preset).
 """
 
 from __future__ import annotations
 
 import itertools
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 from vaefail.benchmarks import get_benchmark
 from vaefail.config import FitConfig
 from vaefail.errors import ConfigError, unknown_name
+from vaefail.semisupervised.config import SemiSupervisedConfig
+from vaefail.semisupervised.digits import DigitsConfig
 
-EXPERIMENTS = ("table1", "px", "latent", "sigma", "sweep")
+EXPERIMENTS = ("table1", "px", "latent", "sigma", "sweep", "semisupervised")
 PRESETS = ("quick", "paper", "smoke")
 LABEL_KEYS = ("benchmark", "benchmark_params", "objective", "latent_dim", "sigma_mode", "sigma_factor")
+#: Kinds of configuration and the config keys that label their table rows.
+KIND_LABEL_KEYS: dict[str, tuple[str, ...]] = {
+    "fit": LABEL_KEYS,
+    "semisupervised": ("benchmark", "benchmark_params", "objective", "encoder"),
+    "digits": ("labels_per_class", "encoder", "objective"),
+}
+KINDS = tuple(KIND_LABEL_KEYS)
 
 
 @dataclass(frozen=True)
 class Task:
-    """One configuration to run: the fit, the evaluation settings and its labels for the tables."""
+    """One configuration to run: the fit, the evaluation settings and its labels for the tables.
+
+    ``kind`` is one of :data:`KINDS`; ``table`` names the table its row goes to (default: the experiment).
+    """
 
     experiment: str
     labels: dict[str, Any]
     fit: dict[str, Any]
     eval: dict[str, Any]
+    kind: str = "fit"
+    table: str = ""
+
+    @property
+    def table_name(self) -> str:
+        return self.table or self.experiment
 
     def spec(self) -> dict[str, Any]:
-        """What determines the result (hashed for the store): the fit and the evaluation settings."""
-        return {"fit": self.fit, "eval": self.eval}
+        """What determines the result (hashed for the store): the fit, the evaluation settings and,
+        for kinds other than ``"fit"`` (whose specs, and so store keys, are unchanged), the kind."""
+        spec = {"fit": self.fit, "eval": self.eval}
+        if self.kind != "fit":
+            spec["kind"] = self.kind
+        return spec
 
 
 @dataclass(frozen=True)
 class Experiment:
+    """An expanded grid: its tasks, its description and, per further table, that table's description."""
+
     name: str
     description: str
     tasks: list[Task]
+    table_descriptions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tables(self) -> list[str]:
+        """The experiment's table names, in order (the experiment's own name first when it has rows)."""
+        return list(dict.fromkeys(t.table_name for t in self.tasks)) or [self.name]
 
 
 def load_grid(name: str) -> dict[str, Any]:
@@ -66,11 +110,23 @@ def load_experiment(name: str, preset: str = "quick", repeats: int | None = None
     name
         One of :data:`EXPERIMENTS`.
     preset
-        ``"quick"`` or ``"paper"``.
+        ``"quick"``, ``"paper"`` or ``"smoke"``.
     repeats
         Override the preset's number of independent repetitions (>= 1).
     """
     grid = load_grid(name)
+    tasks = _expand(name, name, grid, preset, repeats)
+    for table, sub in grid.get("tables", {}).items():
+        tasks += _expand(name, table, sub, preset, repeats)
+    notes = {t: sub.get("description", "") for t, sub in grid.get("tables", {}).items()}
+    return Experiment(name, grid.get("description", ""), tasks, notes)
+
+
+def _expand(name: str, table: str, grid: dict[str, Any], preset: str, repeats: int | None) -> list[Task]:
+    """The tasks of one grid (the experiment's main grid or one of its ``[tables.<name>]``)."""
+    kind = grid.get("kind", "fit")
+    if kind not in KIND_LABEL_KEYS:
+        raise unknown_name("kind", kind, KINDS)
     if preset not in grid.get("presets", {}):
         raise unknown_name("preset", preset, grid.get("presets", {}))
     settings = dict(grid["presets"][preset])
@@ -79,17 +135,27 @@ def load_experiment(name: str, preset: str = "quick", repeats: int | None = None
         n_repeats = int(repeats)
     if n_repeats < 1:
         raise ConfigError(f"--repeats must be >= 1, got {n_repeats}")
-    axes = grid.get("grid", {})
+    axes = {**grid.get("grid", {}), **settings.pop("grid", {})}
+    evaluation = {**grid.get("eval", {}), **settings.pop("eval", {})}
     tasks = []
-    for values in itertools.product(*axes.values()):
-        point = dict(zip(axes, values, strict=True))
-        for rep in range(n_repeats):
-            fit = {**grid.get("fixed", {}), **settings, **point, "seed": rep, "data_seed": rep}
-            labels = {k: _label(fit[k]) for k in LABEL_KEYS if k in fit} | {"repeat": rep}
-            fit = _resolve_sigma(fit)
-            config = FitConfig.from_dict(fit)  # validates every field
-            tasks.append(Task(name, labels, config.to_dict(), dict(grid.get("eval", {}))))
-    return Experiment(name, grid.get("description", ""), tasks)
+    for rep in range(n_repeats):  # every configuration once, then the next repetition of each
+        for values in itertools.product(*axes.values()):
+            point = dict(zip(axes, values, strict=True))
+            fit = {**grid.get("fixed", {}), **settings, **point}
+            labels = {k: _label(fit[k]) for k in KIND_LABEL_KEYS[kind] if k in fit} | {"repeat": rep}
+            tasks.append(Task(name, labels, _config(kind, fit, rep), dict(evaluation), kind,
+                              "" if table == name else table))
+    return tasks
+
+
+def _config(kind: str, fit: dict[str, Any], rep: int) -> dict[str, Any]:
+    """The validated full config of repetition ``rep`` (every field, so the hash sees the defaults)."""
+    if kind == "digits":
+        return DigitsConfig.from_dict({**fit, "seeds": [rep]}).to_dict()
+    fit = {**fit, "seed": rep, "data_seed": rep}
+    if kind == "semisupervised":
+        return SemiSupervisedConfig.from_dict(fit).to_dict()
+    return FitConfig.from_dict(_resolve_sigma(fit)).to_dict()  # validates every field
 
 
 def load_experiments(name: str, preset: str = "quick", repeats: int | None = None) -> list[Experiment]:

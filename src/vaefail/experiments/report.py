@@ -6,7 +6,7 @@
   in a browser without a server or any external resource;
 - ``OUT/report.md``: the same content in Markdown, figures referenced by relative path ``figures/...``.
 
-Both list, per experiment, its description, its table (mean ± std over repeats), its figures; then every
+Both list, per experiment, its description, its tables (mean ± std over repeats), their figures; then every
 claim with a REPRODUCED / NOT REPRODUCED badge, and what did not reproduce with the likely reason. Files are
 written atomically (temporary file + rename); all text is escaped into HTML.
 """
@@ -46,9 +46,38 @@ COLUMN_HELP: dict[str, str] = {
     "posterior_gap_truth": "mean KL from the true posterior to its closest Gaussian",
     "latent_agreement": "|Spearman correlation| of the learned z with the true z",
     "test_neg_log_prob_true": "true -E log p_gt(x) on the test data (the floor any model can reach)",
+    # semi-supervised M2 (table semisupervised)
+    "encoder": "M2's encoder family: mean_field q(y|x) q(z|x) (the paper's MFG setting) or kingma "
+               "q(y|x) q(z|x,y)",
+    "test_accuracy": "test accuracy of argmax_y q(y|x), M2's classifier",
+    "bayes_accuracy": "the Bayes-optimal accuracy (exact, from the true p(y|x)): the best any classifier "
+                      "can do",
+    "kl_y0": "KL(p_gt(x|y=0) || p_theta(x|y=0)), nats (exact densities by quadrature, test points of "
+             "class 0)",
+    "kl_y1": "KL(p_gt(x|y=1) || p_theta(x|y=1)), nats",
+    "collapse_score": "Jensen-Shannon divergence between the learned p_theta(x|y=0) and p_theta(x|y=1) "
+                      "over the truth's: 0 = full functional collapse, 1 = the truth's separation",
+    "best_restart_collapse": "the largest collapse score among all restarts (whether a less collapsed "
+                             "solution was found but not selected by validation J)",
+    "counterfactual_error": "mean distance of f_theta(y', E_q[z|x]) from the true counterfactual "
+                            "f_gt(y', z_true), best relative sign of z (data units)",
+    "counterfactual_collapsed": "the same error for a fully collapsed model that answers x's own noise-free "
+                                "position",
+    "counterfactual_oracle": "the same error for the true decoder with the exact posterior mean "
+                             "(the noise floor)",
+    "test_j": "M2's objective J on the test split, mean per point (higher is better)",
+    "truth_test_j": "J of the ground truth (true decoder, fixed) with its best classifier and encoder",
+    # digits
+    "labels_per_class": "labels revealed per class in the training split (all: every training label)",
+    "m2_accuracy": "test accuracy of M2's classifier q(y|x)",
+    "logistic_accuracy": "logistic regression trained on the labelled points alone",
+    "mlp_accuracy": "M2's classifier network trained on the labelled points alone (cross-entropy)",
+    "m2_minus_logistic": "paired difference M2 - logistic per seed (same labelled subset)",
+    "m2_minus_mlp": "paired difference M2 - MLP per seed",
 }
 
-LABEL_ORDER = ("benchmark", "benchmark_params", "objective", "latent_dim", "sigma_mode", "sigma_factor")
+LABEL_ORDER = ("benchmark", "benchmark_params", "objective", "encoder", "latent_dim", "sigma_mode",
+               "sigma_factor", "labels_per_class")
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1150px;
@@ -99,7 +128,7 @@ def write_outputs(store: Any, experiments: list[Any], tables: dict[str, pd.DataF
     experiments
         The :class:`~vaefail.experiments.grid.Experiment` objects that were run (name, description, tasks).
     tables
-        One table per experiment (from ``build_table``).
+        The experiments' tables by name (from ``build_tables``: one per experiment, or several).
     claims
         The evaluated claims (``claims.evaluate_claims``).
     preset
@@ -268,7 +297,19 @@ def _preset_warning(preset: str) -> str | None:
 
 
 def _experiment_list(ctx: _Context) -> list[Any]:
-    return [e for e in ctx.experiments if e.name in ctx.tables]
+    return [e for e in ctx.experiments if _tables_of(e, ctx)]
+
+
+def _tables_of(experiment: Any, ctx: _Context) -> list[str]:
+    """The names of the experiment's tables that are in the report, in order."""
+    names = getattr(experiment, "tables", None) or [experiment.name]
+    return [n for n in names if n in ctx.tables]
+
+
+def _table_note(experiment: Any, table: str) -> str:
+    """The description of one of the experiment's further tables ("" for its own)."""
+    notes = getattr(experiment, "table_descriptions", None) or {}
+    return " ".join(str(notes.get(table, "")).split())
 
 
 def _description(experiment: Any) -> str:
@@ -355,20 +396,23 @@ def render_html(ctx: _Context) -> str:
     out.append('<li><a href="#claims">Claims</a></li><li><a href="#not-reproduced">What did not reproduce'
                "</a></li></ul>")
     for e in _experiment_list(ctx):
-        table = ctx.tables[e.name]
-        headers, rows, labels = format_table(table)
-        out += [
-            f'<h2 id="exp-{_e(e.name)}">Experiment: {_e(e.name)}</h2>',
-            f"<p>{_e(_description(e))}</p>",
-            _html_table(headers, rows, labels),
-            f'<p>Raw numbers: <a href="{_e(e.name)}.csv"><code>{_e(e.name)}.csv</code></a>.</p>',
-        ]
-        helps = [(c, COLUMN_HELP[c]) for c in headers if c in COLUMN_HELP]
-        if helps:
-            out.append('<details><summary>Columns</summary><dl class="help">')
-            out += [f"<dt>{_e(c)}</dt><dd>{_e(h)}</dd>" for c, h in helps]
-            out.append("</dl></details>")
-        out += [_html_figure(f) for f in ctx.figures.get(e.name, [])]
+        out += [f'<h2 id="exp-{_e(e.name)}">Experiment: {_e(e.name)}</h2>', f"<p>{_e(_description(e))}</p>"]
+        for name in _tables_of(e, ctx):
+            headers, rows, labels = format_table(ctx.tables[name])
+            if name != e.name:
+                out.append(f'<h3 id="table-{_e(name)}">Table: {_e(name)}</h3>')
+                if _table_note(e, name):
+                    out.append(f"<p>{_e(_table_note(e, name))}</p>")
+            out += [
+                _html_table(headers, rows, labels),
+                f'<p>Raw numbers: <a href="{_e(name)}.csv"><code>{_e(name)}.csv</code></a>.</p>',
+            ]
+            helps = [(c, COLUMN_HELP[c]) for c in headers if c in COLUMN_HELP]
+            if helps:
+                out.append('<details><summary>Columns</summary><dl class="help">')
+                out += [f"<dt>{_e(c)}</dt><dd>{_e(h)}</dd>" for c, h in helps]
+                out.append("</dl></details>")
+            out += [_html_figure(f) for f in ctx.figures.get(name, [])]
     if ctx.errors:
         out.append('<p class="warn"><b>Figures that could not be drawn:</b></p><ul>')
         out += [f"<li><code>{_e(err)}</code></li>" for err in ctx.errors]
@@ -426,15 +470,19 @@ def render_markdown(ctx: _Context) -> str:
             "Yacoby, Pan and Doshi-Velez (2020), *Failure Modes of Variational Autoencoders and Their "
             "Effects on Downstream Tasks*, arXiv:2007.07124.", ""]
     for e in _experiment_list(ctx):
-        headers, rows, labels = format_table(ctx.tables[e.name])
-        out += [f"## Experiment: {e.name}", "", _description(e), "", _md_table(headers, rows, labels), "",
-                f"Raw numbers: [`{e.name}.csv`]({e.name}.csv).", ""]
-        helps = [(c, COLUMN_HELP[c]) for c in headers if c in COLUMN_HELP]
-        if helps:
-            out += [f"- `{c}`: {h}" for c, h in helps] + [""]
-        for f in ctx.figures.get(e.name, []):
-            rel = f"figures/{f.path.name}"
-            out += [f"![{f.title}]({rel})", "", f"*{f.title}.* {f.caption}", ""]
+        out += [f"## Experiment: {e.name}", "", _description(e), ""]
+        for name in _tables_of(e, ctx):
+            headers, rows, labels = format_table(ctx.tables[name])
+            if name != e.name:
+                note = _table_note(e, name)
+                out += [f"### Table: {name}", ""] + ([note, ""] if note else [])
+            out += [_md_table(headers, rows, labels), "", f"Raw numbers: [`{name}.csv`]({name}.csv).", ""]
+            helps = [(c, COLUMN_HELP[c]) for c in headers if c in COLUMN_HELP]
+            if helps:
+                out += [f"- `{c}`: {h}" for c, h in helps] + [""]
+            for f in ctx.figures.get(name, []):
+                rel = f"figures/{f.path.name}"
+                out += [f"![{f.title}]({rel})", "", f"*{f.title}.* {f.caption}", ""]
     if ctx.errors:
         out += ["**Figures that could not be drawn:**", ""] + [f"- `{err}`" for err in ctx.errors] + [""]
     out += ["## Claims", "", f"{_summary_counts(ctx.claims)}.", ""]

@@ -58,7 +58,7 @@ def reproduce(
     jobs = [(task_key(t), t.spec()) for e in experiments for t in e.tasks]
     computed = execute(jobs, store, run_task, executor=executor, address=address, workers=workers,
                        progress=progress)
-    tables = {e.name: build_table(e, store) for e in experiments}
+    tables = {name: table for e in experiments for name, table in build_tables(e, store).items()}
     for name, table in tables.items():
         write_atomic(store.root / f"{name}.csv", table.to_csv(index=False).encode())
     claims: list[dict[str, Any]] = []
@@ -73,7 +73,7 @@ def reproduce(
 
 
 # ------------------------------------------------------------------------------------------------
-# Tables: one row per configuration (labels), mean and std over repetitions
+# Tables: one row per configuration (labels), mean and std over repetitions; columns per task kind
 # ------------------------------------------------------------------------------------------------
 
 
@@ -115,32 +115,90 @@ def _best_log_p(record: dict[str, Any]) -> float:
     return exact if np.isfinite(exact) else _get(record, "metrics", "likelihood", "log_p_is")
 
 
-def build_table(experiment: Experiment, store: ResultsStore) -> pd.DataFrame:
-    """Aggregate an experiment's finished configurations: mean and ``_std`` (over repeats) per column.
+def _class_kl(record: dict[str, Any], c: int) -> float:
+    """KL(p_gt(x|y=c) || p_theta(x|y=c)) of the selected M2 (NaN if the benchmark has no class c)."""
+    rows = (record.get("test") or {}).get("class_conditional_kl") or []
+    return _get(rows[c], "kl") if c < len(rows) else float("nan")
 
-    Columns that are NaN for every row (not applicable to this experiment) are dropped.
+
+def _best_restart_collapse(record: dict[str, Any]) -> float:
+    """The largest collapse score among the restarts that did not diverge (NaN without per-restart
+    scores): whether a less collapsed solution was found but not selected by validation J."""
+    scores = [r.get("collapse_score") for r in record.get("restarts") or [] if r.get("status") == "ok"]
+    scores = [float(v) for v in scores if v is not None and np.isfinite(v)]
+    return max(scores) if scores else float("nan")
+
+
+#: Table columns of semi-supervised M2 tasks (``metrics.json`` of
+#: :func:`~vaefail.experiments.tasks.run_semisupervised_task`). J is the mean per-point share of M2's
+#: objective on the test split (higher is better).
+SEMISUPERVISED_COLUMNS: dict[str, Callable[[dict[str, Any]], float]] = {
+    "test_accuracy": lambda r: _get(r, "test", "classification", "accuracy"),
+    "bayes_accuracy": lambda r: _get(r, "test", "classification", "bayes_accuracy"),
+    "kl_y0": lambda r: _class_kl(r, 0),
+    "kl_y1": lambda r: _class_kl(r, 1),
+    "collapse_score": lambda r: _get(r, "test", "collapse", "score"),
+    "best_restart_collapse": _best_restart_collapse,
+    "counterfactual_error": lambda r: _get(r, "test", "counterfactual", "error"),
+    "counterfactual_collapsed": lambda r: _get(r, "test", "counterfactual", "error_collapsed"),
+    "counterfactual_oracle": lambda r: _get(r, "test", "counterfactual", "error_oracle"),
+    "test_j": lambda r: _get(r, "summary", "test_objective"),
+    "truth_test_j": lambda r: _get(r, "summary", "truth_test_objective"),
+}
+
+#: Table columns of digits tasks (``metrics.json`` of :func:`~vaefail.semisupervised.run_digits`, one
+#: seed each, so the mean and std over repetitions are over seeds).
+DIGITS_COLUMNS: dict[str, Callable[[dict[str, Any]], float]] = {
+    "m2_accuracy": lambda r: _get(r, "summary", "m2"),
+    "logistic_accuracy": lambda r: _get(r, "summary", "logistic"),
+    "mlp_accuracy": lambda r: _get(r, "summary", "mlp"),
+    "m2_minus_logistic": lambda r: _get(r, "m2_minus", "logistic"),
+    "m2_minus_mlp": lambda r: _get(r, "m2_minus", "mlp"),
+}
+
+#: The columns of each task kind's tables.
+KIND_COLUMNS: dict[str, dict[str, Callable[[dict[str, Any]], float]]] = {
+    "fit": COLUMNS, "semisupervised": SEMISUPERVISED_COLUMNS, "digits": DIGITS_COLUMNS,
+}
+
+
+def build_tables(experiment: Experiment, store: ResultsStore) -> dict[str, pd.DataFrame]:
+    """Every table of an experiment (:attr:`Experiment.tables`), each from :func:`build_table`."""
+    return {name: build_table(experiment, store, name) for name in experiment.tables}
+
+
+def build_table(experiment: Experiment, store: ResultsStore, table_name: str | None = None) -> pd.DataFrame:
+    """Aggregate one table of an experiment's finished configurations: mean and ``_std`` (over repeats)
+    per column.
+
+    ``table_name`` defaults to the experiment's own table; the columns are those of its tasks' kind
+    (:data:`KIND_COLUMNS`). Columns that are NaN for every row (not applicable to this experiment) are
+    dropped.
     """
+    table_name = table_name or experiment.name
+    tasks = [t for t in experiment.tasks if t.table_name == table_name]
+    columns = KIND_COLUMNS[tasks[0].kind] if tasks else COLUMNS
     rows = []
-    for task in experiment.tasks:
+    for task in tasks:
         key = task_key(task)
         if not store.has(key):
             raise StoreError(f"configuration {key} of {experiment.name} is missing from {store.root}")
         record = store.metrics(key)
         labels = {k: v for k, v in task.labels.items() if k != "repeat"}
         rows.append({**labels, "repeat": task.labels["repeat"], "key": key,
-                     **{name: f(record) for name, f in COLUMNS.items()}})
+                     **{name: f(record) for name, f in columns.items()}})
     frame = pd.DataFrame(rows)
-    label_cols = [c for c in frame.columns if c not in COLUMNS and c not in ("repeat", "key")]
+    label_cols = [c for c in frame.columns if c not in columns and c not in ("repeat", "key")]
     grouped = frame.groupby(label_cols, sort=False, dropna=False)
-    table = grouped[list(COLUMNS)].mean()
-    std = grouped[list(COLUMNS)].std(ddof=1).add_suffix("_std")
+    table = grouped[list(columns)].mean()
+    std = grouped[list(columns)].std(ddof=1).add_suffix("_std")
     table = pd.concat([table, std], axis=1)
     table.insert(0, "repeats", grouped.size())
     table["keys"] = grouped["key"].agg(" ".join)
     table = table.reset_index()
-    keep = [c for c in table.columns if not (c in COLUMNS and table[c].isna().all())]
+    keep = [c for c in table.columns if not (c in columns and table[c].isna().all())]
     keep = [c for c in keep if not (c.endswith("_std") and c[:-4] not in keep)]
     ordered = label_cols + ["repeats"] + [
-        c for name in COLUMNS for c in (name, f"{name}_std") if c in keep
+        c for name in columns for c in (name, f"{name}_std") if c in keep
     ] + ["keys"]
     return table[ordered]

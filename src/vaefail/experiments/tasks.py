@@ -1,12 +1,20 @@
 """One configuration of an experiment, end to end: fit with the restart protocol, then every metric.
 
 :func:`run_task` is what a worker process or a Ray task executes; it returns the finished
-configuration's files (the run folder, ``metrics.json`` and ``task.json``) as bytes.
+configuration's files as bytes: the run folder (when the kind has one), ``metrics.json`` and ``task.json``.
+A task's ``kind`` (see :mod:`vaefail.experiments.grid`) picks the runner:
+
+- ``"fit"`` (the default; unsupervised): :func:`vaefail.api.fit_config` and
+  :func:`vaefail.metrics.evaluate.evaluate_run`;
+- ``"semisupervised"``: :func:`vaefail.semisupervised.run_semisupervised` (M2 on a labelled benchmark);
+- ``"digits"``: :func:`vaefail.semisupervised.run_digits` (one seed; no run folder).
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -14,11 +22,29 @@ import jax
 from vaefail.api import fit_config
 from vaefail.benchmarks import get_benchmark
 from vaefail.config import FitConfig
+from vaefail.errors import unknown_name
 from vaefail.metrics.evaluate import evaluate_run
 
 
 def run_task(spec: dict[str, Any]) -> dict[str, bytes]:
-    """Fit ``spec["fit"]`` and evaluate it with ``spec["eval"]`` settings.
+    """Run the configuration ``spec`` (``fit``, ``eval`` and optionally ``kind``) and return its files.
+
+    Besides the runner's files: ``task.json`` (the spec) and ``timing.json`` (the task's wall-clock and
+    process CPU seconds in the worker, compilation included).
+    """
+    kind = spec.get("kind", "fit")
+    if kind not in RUNNERS:
+        raise unknown_name("task kind", kind, RUNNERS)
+    wall, cpu = time.perf_counter(), time.process_time()
+    files = RUNNERS[kind](spec)
+    files["task.json"] = json.dumps(spec, indent=2).encode()
+    files["timing.json"] = json.dumps({"wall_seconds": round(time.perf_counter() - wall, 2),
+                                       "cpu_seconds": round(time.process_time() - cpu, 2)}).encode()
+    return files
+
+
+def run_fit_task(spec: dict[str, Any]) -> dict[str, bytes]:
+    """Fit ``spec["fit"]`` (a :class:`~vaefail.config.FitConfig`) and evaluate it with ``spec["eval"]``.
 
     The ground-truth model (true decoder, its best encoder) is fitted too when ``eval.truth`` is set and
     the comparison is the paper's: the VAE objective, the model's K equal to the truth's and sigma_eps the
@@ -38,5 +64,42 @@ def run_task(spec: dict[str, Any]) -> dict[str, bytes]:
     )
     files = result.to_files()
     files["metrics.json"] = json.dumps({"summary": result.summary, "metrics": metrics}, indent=2).encode()
-    files["task.json"] = json.dumps(spec, indent=2).encode()
     return files
+
+
+def run_semisupervised_task(spec: dict[str, Any]) -> dict[str, bytes]:
+    """Fit M2 (``spec["fit"]``, a :class:`~vaefail.semisupervised.SemiSupervisedConfig`) with the restart
+    protocol and evaluate the selected restart; ``eval`` may set ``collapse_samples`` (draws per class of
+    the collapse score, default 2000) and ``per_restart`` (score every restart too, default true).
+
+    ``metrics.json`` is :func:`~vaefail.semisupervised.run_semisupervised`'s record: ``config``,
+    ``summary`` (selected restart, test/validation J, the truth's J), ``test`` (every metric) and
+    ``restarts``.
+    """
+    from vaefail.semisupervised import run_semisupervised
+
+    settings = spec.get("eval", {})
+    result, metrics = run_semisupervised(
+        spec["fit"], collapse_samples=int(settings.get("collapse_samples", 2000)),
+        per_restart=bool(settings.get("per_restart", True)),
+    )
+    files = result.to_files()
+    files["metrics.json"] = json.dumps(metrics, indent=2).encode()
+    return files
+
+
+def run_digits_task(spec: dict[str, Any]) -> dict[str, bytes]:
+    """M2 against labelled-only classifiers on digits (``spec["fit"]``, a
+    :class:`~vaefail.semisupervised.DigitsConfig`); ``metrics.json`` is
+    :func:`~vaefail.semisupervised.run_digits`'s record."""
+    from vaefail.semisupervised import DigitsConfig, run_digits
+
+    return {"metrics.json": json.dumps(run_digits(DigitsConfig.from_dict(spec["fit"])), indent=2).encode()}
+
+
+#: The runner of each task kind.
+RUNNERS: dict[str, Callable[[dict[str, Any]], dict[str, bytes]]] = {
+    "fit": run_fit_task,
+    "semisupervised": run_semisupervised_task,
+    "digits": run_digits_task,
+}

@@ -57,7 +57,10 @@ def run_semisupervised(
         rows = []
         for r, row in result.restarts.iterrows():
             record = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
-            if row["status"] == "ok":
+            if int(r) == result.selected:  # the same numbers as ``test`` (same model, key and draws)
+                record["collapse_score"] = metrics["test"]["collapse"]["score"]
+                record["counterfactual_error"] = metrics["test"]["counterfactual"]["error"]
+            elif row["status"] == "ok":
                 model = take(result.models, int(r))
                 record["collapse_score"] = collapse_score(model, bench, key, n=collapse_samples)["score"]
                 record["counterfactual_error"] = counterfactual_error(model, bench, test)["error"]

@@ -92,8 +92,9 @@ class DigitsConfig:
 
     def __post_init__(self) -> None:
         require(
-            self.labels_per_class is None or self.labels_per_class >= 1,
-            f"labels_per_class must be >= 1 or None, got {self.labels_per_class}",
+            self.labels_per_class is None
+            or (isinstance(self.labels_per_class, int) and self.labels_per_class >= 1),
+            f"labels_per_class must be an integer >= 1 or None (all), got {self.labels_per_class!r}",
         )
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         object.__setattr__(self, "baselines", tuple(self.baselines))
@@ -120,6 +121,21 @@ class DigitsConfig:
 
     def replace(self, **changes: Any) -> DigitsConfig:
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DigitsConfig:
+        """Rebuild a config from its dict form, rejecting unknown keys with a clear message.
+
+        ``labels_per_class = "all"`` (as written in a TOML grid, which has no null) means ``None``.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown digits config keys {unknown}; valid keys: {sorted(names)}")
+        data = dict(data)
+        if data.get("labels_per_class") == "all":
+            data["labels_per_class"] = None
+        return cls(**data)
 
 
 def load_digits_data(

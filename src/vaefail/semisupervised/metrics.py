@@ -147,15 +147,25 @@ def sample_truth_class(benchmark: LabelledBenchmark, key: jax.Array, y: int, n: 
 def classifier_log_probs(model: M2, x: Any) -> np.ndarray:
     """:math:`\\log q_\\phi(y \\mid x)`, shape ``(n, C)``."""
     xs = jnp.asarray(_check_x(model, x), jnp.float32)
-    return np.asarray(eqx.filter_jit(lambda m, v: jax.vmap(m.class_log_probs)(v))(model, xs), np.float64)
+    return np.asarray(_class_log_probs(model, xs), np.float64)
 
 
 def encoder_means(model: M2, x: Any, y: Any) -> np.ndarray:
     """Mean of :math:`q(z \\mid x, y)` (:math:`q(z \\mid x)` for the mean-field family), shape ``(n, K)``."""
     xs = jnp.asarray(_check_x(model, x), jnp.float32)
     ys = jnp.asarray(np.broadcast_to(np.asarray(y, np.int32), (xs.shape[0],)))
-    mu = eqx.filter_jit(lambda m, a, b: jax.vmap(lambda xi, yi: m.encode(xi, yi)[0])(a, b))(model, xs, ys)
-    return np.asarray(mu, np.float64)
+    return np.asarray(_encoder_means(model, xs, ys), np.float64)
+
+
+@eqx.filter_jit
+def _class_log_probs(model: M2, x: jax.Array) -> jax.Array:
+    """Module-level and jitted, so every call with the same shapes reuses one compilation."""
+    return jax.vmap(model.class_log_probs)(x)
+
+
+@eqx.filter_jit
+def _encoder_means(model: M2, x: jax.Array, y: jax.Array) -> jax.Array:
+    return jax.vmap(lambda xi, yi: model.encode(xi, yi)[0])(x, y)
 
 
 def _js(log_p: list[np.ndarray]) -> tuple[float, float]:
