@@ -1,13 +1,26 @@
-"""Measured speed of vaefail's training: prints a table of times and restart-steps per second.
+"""Measured speed of vaefail, side by side with plain baselines: prints one table of times, rates and ratios.
 
-Usage: ``python benchmarks/run.py [--steps N] [--repeats R]``. Each figure is the median over ``--repeats``
-runs. "To convergence" uses the library's default stopping rule (validation bound stalled for
-``patience`` evaluations) with the default step cap.
+Usage: ``python benchmarks/run.py [--repeats R] [--reproduce all:quick table1:paper] [--no-baselines]``.
+
+Rows (each the median of ``--repeats`` runs, on figure8 data):
+
+- restart-steps per second of the fused training loop, 10 restarts at batch 100, for the VAE and the IWAE
+  (S = 10, 20, 50), K = 1 and 3; beside it the PyTorch eager baseline (``benchmarks/torch_baseline.py``: the
+  same model, objective, data, batch and Adam, the restarts one after another in a Python loop) and the
+  ratio. The baseline needs the ``bench`` extra (``pip install -e '.[bench]'``); without it the baseline
+  columns are empty.
+- wall time of ``vaefail.fit`` (10 restarts, the default protocol and stopping rule) on figure8, VAE and
+  IWAE S = 20;
+- the importance-sampled log-likelihood (5,000 samples per point): points per second and peak memory,
+  beside the per-datapoint loop of ``benchmarks/loglik_baseline.py``;
+- with ``--reproduce``: wall time and peak memory of ``vaefail reproduce EXPERIMENT --preset PRESET`` into
+  a fresh store (``--cold-cache``: with an empty XLA compilation cache, as on a fresh machine).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import resource
 import statistics
@@ -19,6 +32,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -28,10 +42,15 @@ from vaefail.config import FitConfig
 from vaefail.objectives import loss_fn
 from vaefail.training import init_models, optimise
 
+HERE = Path(__file__).resolve().parent
+#: (objective, S) rows of the throughput table.
+THROUGHPUT = (("vae", 1), ("iwae", 10), ("iwae", 20), ("iwae", 50))
+
 
 def restart_steps_per_second(objective: str, samples: int, latent_dim: int, restarts: int = 10,
                              batch: int = 100, steps: int = 2000) -> float:
-    """Throughput of the fused training loop alone (compilation excluded by a warm-up run)."""
+    """Throughput of the fused training loop alone: a run of ``steps // 4`` steps (which includes
+    compilation) is subtracted from one of ``steps + steps // 4``."""
     bench = get_benchmark("figure8")
     config = FitConfig(restarts=restarts, latent_dim=latent_dim)
     models = init_models(config, bench, list(jax.random.split(jax.random.PRNGKey(0), restarts)))
@@ -44,7 +63,7 @@ def restart_steps_per_second(objective: str, samples: int, latent_dim: int, rest
         jax.block_until_ready(out.model)
         return time.perf_counter() - t
 
-    warm = go(steps // 4)  # includes compilation
+    warm = go(steps // 4)
     full = go(steps + steps // 4)
     return restarts * steps / (full - warm)
 
@@ -71,38 +90,84 @@ def reproduce_time(experiment: str, preset: str, cold_cache: bool) -> tuple[floa
     return wall, peak
 
 
+def _baselines() -> tuple[object, object] | None:
+    """The torch baseline modules, or ``None`` when PyTorch is not installed."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    sys.path.insert(0, str(HERE))
+    import loglik_baseline
+    import torch_baseline
+
+    return torch_baseline, loglik_baseline
+
+
+def _median(repeats: int, f, *args, **kwargs) -> float:
+    """Median of ``repeats`` calls of ``f(*args, **kwargs)``."""
+    return statistics.median(f(*args, **kwargs) for _ in range(repeats))
+
+
+def _ratio(a: float, b: float | None) -> str:
+    return f"{a / b:.1f}x" if b else ""
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip-convergence", action="store_true", help="only the throughput rows")
+    parser.add_argument("--skip-convergence", action="store_true", help="leave out the fits to convergence")
+    parser.add_argument("--no-baselines", action="store_true", help="leave out the PyTorch baselines")
+    parser.add_argument("--torch-steps", type=int, default=300, help="steps per restart of a timed torch run")
     parser.add_argument("--reproduce", nargs="*", default=[], metavar="EXPERIMENT:PRESET",
                         help="also time `vaefail reproduce`, e.g. all:quick table1:paper")
     parser.add_argument("--cold-cache", action="store_true",
                         help="time reproduce with an empty XLA compilation cache (a fresh machine)")
     args = parser.parse_args()
-    table = Table(title=f"vaefail training speed ({os.cpu_count()} cores, jax {jax.__version__})")
-    for col in ("measure", "objective", "K", "value", "unit"):
+    base = None if args.no_baselines else _baselines()
+    table = Table(title=f"vaefail speed ({os.cpu_count()} cores, jax {jax.__version__}, "
+                        f"median of {args.repeats}, load average at start {os.getloadavg()[0]:.2f})")
+    for col in ("measure", "objective", "K", "vaefail", "baseline", "ratio", "unit"):
         table.add_column(col)
-    for objective, samples in (("vae", 1), ("iwae", 20)):
+    x = np.asarray(get_benchmark("figure8").sample(jax.random.PRNGKey(1), 5000).x, np.float32)
+    for objective, samples in THROUGHPUT:
+        steps = 2000 if samples == 1 else 10000 // samples
         for k in (1, 3):
-            runs = [restart_steps_per_second(objective, samples, k) for _ in range(args.repeats)]
-            table.add_row("10 restarts, batch 100", f"{objective} S={samples}", str(k),
-                          f"{statistics.median(runs):,.0f}", "restart-steps/s")
+            ours = _median(args.repeats, restart_steps_per_second, objective, samples, k, steps=steps)
+            theirs = None
+            if base is not None:
+                theirs = _median(args.repeats, base[0].torch_restart_steps_per_second, objective, samples, k,
+                                 steps=args.torch_steps, x=x)
+            table.add_row("10 restarts, batch 100 (baseline: torch eager loop)", f"{objective} S={samples}",
+                          str(k), f"{ours:,.0f}", f"{theirs:,.0f}" if theirs else "", _ratio(ours, theirs),
+                          "restart-steps/s")
     if not args.skip_convergence:
         for objective, samples in (("vae", 1), ("iwae", 20)):
-            runs = [to_convergence(objective, samples) for _ in range(max(1, args.repeats // 3))]
-            secs = statistics.median(r[0] for r in runs)
-            steps = runs[0][1]
+            secs, steps = to_convergence(objective, samples)
             table.add_row("figure8 fit, 10 restarts to convergence", f"{objective} S={samples}", "1",
-                          f"{secs:.0f} s ({steps} steps, {10 * steps / secs:,.0f} restart-steps/s overall)",
-                          "wall time")
+                          f"{secs:.0f} s", "", "", f"wall time ({steps} steps)")
+    if base is not None:
+        _loglik_rows(table, base, args.repeats)
     for item in args.reproduce:
         experiment, _, preset = item.partition(":")
         wall, peak = reproduce_time(experiment, preset or "quick", args.cold_cache)
         cache = "cold" if args.cold_cache else "warm"
         table.add_row(f"vaefail reproduce {experiment} --preset {preset or 'quick'} ({cache} XLA cache)",
-                      "", "", f"{wall / 60:.1f} min, peak RSS {peak:,.0f} MB", "wall time")
-    Console(width=160).print(table)
+                      "", "", f"{wall / 60:.1f} min", "", "", f"wall time, peak RSS {peak:,.0f} MB")
+    Console(width=180).print(table)
+
+
+def _loglik_rows(table: Table, base, repeats: int, samples: int = 5000) -> None:
+    """IS log-likelihood at ``samples`` per point: vaefail on 2,000 test points, the loop on 100."""
+    tb, lb = base
+    model = lb.fit_vaefail_model(1)
+    layers, sigma = tb.vaefail_layers(model), float(model.sigma)
+    x = np.asarray(get_benchmark("figure8").splits().test.x, np.float32)
+    ours = _median(repeats, lb.vaefail_points_per_second, model, x, samples)
+    theirs = _median(repeats, lb.torch_loop_points_per_second, layers, sigma, x[:100], samples)
+    table.add_row(f"log-likelihood, {samples:,} importance samples (baseline: per-datapoint loop)", "", "1",
+                  f"{ours:,.0f}", f"{theirs:,.1f}", _ratio(ours, theirs), "points/s")
+    mem_ours = lb.peak_memory("vaefail", layers, sigma, x, samples)
+    mem_theirs = lb.peak_memory("torch", layers, sigma, x[:100], samples)
+    table.add_row("log-likelihood, peak memory of a fresh process", "", "1",
+                  f"{mem_ours['peak_rss_mb']:,.0f}", f"{mem_theirs['peak_rss_mb']:,.0f}", "", "MB (peak RSS)")
 
 
 if __name__ == "__main__":
