@@ -351,8 +351,9 @@ def digits_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
             note = ""
             if all_labels is not None and col in all_labels:
                 numbers["all_labels_m2_minus_baseline"] = float(all_labels[col])
-                note = (f"With all training labels the difference is {float(all_labels[col]):+.3f}: the "
-                        "unlabelled data matter only when labels are scarce.")
+                note = (f"With all training labels (nothing left unlabelled) the difference is "
+                        f"{float(all_labels[col]):+.3f}: what remains there is the classifiers' own "
+                        "difference, not the unlabelled data.")
             needs = (f"needs > {margin:.3f} (two standard errors of the paired difference over "
                      f"{int(row.repeats)} seeds)" if margin > 0 else
                      "needs > 0 (a single seed: no noise estimate, plain comparison)")

@@ -10,6 +10,7 @@ optional ``[fixed]`` table of :class:`~vaefail.config.FitConfig` fields shared b
 - ``sigma_factor``: sigma_eps fixed at this multiple of the benchmark's true value.
 
 Repetition ``r`` of a configuration uses ``seed = data_seed = r``: independent data and initialisation.
+Tasks are listed repetition-major (every configuration's first repetition, then every second one, ...).
 
 Two optional keys generalise this, and grids without them mean what they always meant:
 
