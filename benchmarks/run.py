@@ -7,7 +7,8 @@ Rows (each the median of ``--repeats`` runs, on figure8 data):
 - restart-steps per second of the fused training loop, 10 restarts at batch 100, for the VAE and the IWAE
   (S = 10, 20, 50), K = 1 and 3; beside it the PyTorch eager baseline (``benchmarks/torch_baseline.py``: the
   same model, objective, data, batch and Adam, the restarts one after another in a Python loop) and the
-  ratio. The baseline needs the ``bench`` extra (``pip install -e '.[bench]'``); without it the baseline
+  ratio, at torch's default thread count (what a user runs) and with one thread (faster for a model this
+  small). The baseline needs the ``bench`` extra (``pip install -e '.[bench]'``); without it the baseline
   columns are empty.
 - wall time of ``vaefail.fit`` (10 restarts, the default protocol and stopping rule) on figure8, VAE and
   IWAE S = 20;
@@ -49,8 +50,9 @@ THROUGHPUT = (("vae", 1), ("iwae", 10), ("iwae", 20), ("iwae", 50))
 
 def restart_steps_per_second(objective: str, samples: int, latent_dim: int, restarts: int = 10,
                              batch: int = 100, steps: int = 2000) -> float:
-    """Throughput of the fused training loop alone: a run of ``steps // 4`` steps (which includes
-    compilation) is subtracted from one of ``steps + steps // 4``."""
+    """Throughput of the fused training loop alone: the second of two identical runs of ``steps`` steps
+    (the first compiles). The restarts are split across the process's CPU devices (one per core by
+    default, ``$VAEFAIL_CPU_DEVICES``), as in ``vaefail.fit``."""
     bench = get_benchmark("figure8")
     config = FitConfig(restarts=restarts, latent_dim=latent_dim)
     models = init_models(config, bench, list(jax.random.split(jax.random.PRNGKey(0), restarts)))
@@ -63,9 +65,8 @@ def restart_steps_per_second(objective: str, samples: int, latent_dim: int, rest
         jax.block_until_ready(out.model)
         return time.perf_counter() - t
 
-    warm = go(steps // 4)
-    full = go(steps + steps // 4)
-    return restarts * steps / (full - warm)
+    go(steps)
+    return restarts * steps / go(steps)
 
 
 def to_convergence(objective: str, samples: int) -> tuple[float, int]:
@@ -106,8 +107,12 @@ def _median(repeats: int, f, *args, **kwargs) -> float:
     return statistics.median(f(*args, **kwargs) for _ in range(repeats))
 
 
-def _ratio(a: float, b: float | None) -> str:
-    return f"{a / b:.1f}x" if b else ""
+def _compare(ours: float, theirs: list[float | None], fmt: str) -> list[str]:
+    """Cells ``baseline, ratio`` for each baseline setting (torch's default threads, then one thread)."""
+    cells = []
+    for b in theirs:
+        cells += [fmt.format(b), f"{ours / b:.1f}x"] if b else ["", ""]
+    return cells
 
 
 def main() -> None:
@@ -122,27 +127,28 @@ def main() -> None:
                         help="time reproduce with an empty XLA compilation cache (a fresh machine)")
     args = parser.parse_args()
     base = None if args.no_baselines else _baselines()
-    table = Table(title=f"vaefail speed ({os.cpu_count()} cores, jax {jax.__version__}, "
+    table = Table(title=f"vaefail speed ({os.cpu_count()} cores, {jax.device_count()} XLA devices, "
+                        f"jax {jax.__version__}, "
                         f"median of {args.repeats}, load average at start {os.getloadavg()[0]:.2f})")
-    for col in ("measure", "objective", "K", "vaefail", "baseline", "ratio", "unit"):
+    for col in ("measure", "objective", "K", "vaefail", "baseline", "ratio", "baseline, 1 thread", "ratio",
+                "unit"):
         table.add_column(col)
     x = np.asarray(get_benchmark("figure8").sample(jax.random.PRNGKey(1), 5000).x, np.float32)
     for objective, samples in THROUGHPUT:
         steps = 2000 if samples == 1 else 10000 // samples
         for k in (1, 3):
             ours = _median(args.repeats, restart_steps_per_second, objective, samples, k, steps=steps)
-            theirs = None
+            theirs = [None, None]
             if base is not None:
-                theirs = _median(args.repeats, base[0].torch_restart_steps_per_second, objective, samples, k,
-                                 steps=args.torch_steps, x=x)
+                theirs = [_median(args.repeats, base[0].torch_restart_steps_per_second, objective, samples, k,
+                                  steps=args.torch_steps, x=x, threads=threads) for threads in (None, 1)]
             table.add_row("10 restarts, batch 100 (baseline: torch eager loop)", f"{objective} S={samples}",
-                          str(k), f"{ours:,.0f}", f"{theirs:,.0f}" if theirs else "", _ratio(ours, theirs),
-                          "restart-steps/s")
+                          str(k), f"{ours:,.0f}", *_compare(ours, theirs, "{:,.0f}"), "restart-steps/s")
     if not args.skip_convergence:
         for objective, samples in (("vae", 1), ("iwae", 20)):
             secs, steps = to_convergence(objective, samples)
             table.add_row("figure8 fit, 10 restarts to convergence", f"{objective} S={samples}", "1",
-                          f"{secs:.0f} s", "", "", f"wall time ({steps} steps)")
+                          f"{secs:.0f} s", "", "", "", "", f"wall time ({steps} steps)")
     if base is not None:
         _loglik_rows(table, base, args.repeats)
     for item in args.reproduce:
@@ -150,7 +156,7 @@ def main() -> None:
         wall, peak = reproduce_time(experiment, preset or "quick", args.cold_cache)
         cache = "cold" if args.cold_cache else "warm"
         table.add_row(f"vaefail reproduce {experiment} --preset {preset or 'quick'} ({cache} XLA cache)",
-                      "", "", f"{wall / 60:.1f} min", "", "", f"wall time, peak RSS {peak:,.0f} MB")
+                      "", "", f"{wall / 60:.1f} min", "", "", "", "", f"wall time, peak RSS {peak:,.0f} MB")
     Console(width=180).print(table)
 
 
@@ -161,13 +167,15 @@ def _loglik_rows(table: Table, base, repeats: int, samples: int = 5000) -> None:
     layers, sigma = tb.vaefail_layers(model), float(model.sigma)
     x = np.asarray(get_benchmark("figure8").splits().test.x, np.float32)
     ours = _median(repeats, lb.vaefail_points_per_second, model, x, samples)
-    theirs = _median(repeats, lb.torch_loop_points_per_second, layers, sigma, x[:100], samples)
+    theirs = [_median(repeats, lb.torch_loop_points_per_second, layers, sigma, x[:100], samples,
+                      threads=threads) for threads in (None, 1)]
     table.add_row(f"log-likelihood, {samples:,} importance samples (baseline: per-datapoint loop)", "", "1",
-                  f"{ours:,.0f}", f"{theirs:,.1f}", _ratio(ours, theirs), "points/s")
+                  f"{ours:,.0f}", *_compare(ours, theirs, "{:,.1f}"), "points/s")
     mem_ours = lb.peak_memory("vaefail", layers, sigma, x, samples)
     mem_theirs = lb.peak_memory("torch", layers, sigma, x[:100], samples)
     table.add_row("log-likelihood, peak memory of a fresh process", "", "1",
-                  f"{mem_ours['peak_rss_mb']:,.0f}", f"{mem_theirs['peak_rss_mb']:,.0f}", "", "MB (peak RSS)")
+                  f"{mem_ours['peak_rss_mb']:,.0f}", f"{mem_theirs['peak_rss_mb']:,.0f}", "", "", "",
+                  "MB (peak RSS)")
 
 
 if __name__ == "__main__":

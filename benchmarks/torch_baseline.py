@@ -19,7 +19,7 @@ in an eager Python loop. It mirrors vaefail exactly:
   (``get_benchmark("figure8").sample(PRNGKey(1), 5000).x``, the data ``benchmarks/run.py`` uses).
 
 :func:`torch_restart_steps_per_second` times it the way ``restart_steps_per_second`` in
-``benchmarks/run.py`` times vaefail (a short run and a longer run, the difference), and
+``benchmarks/run.py`` times vaefail (a timed run after an untimed warm-up), and
 :func:`check_same_objective` shows that, with a vaefail model's weights copied in and the same noise,
 both frameworks compute the same per-point ELBO / IWAE bound and the same gradients.
 

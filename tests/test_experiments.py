@@ -120,3 +120,40 @@ def test_killed_sweep_resumes_without_recomputing(tmp_path):
                       progress=False)
     pd.testing.assert_frame_equal(rerun.tables["sigma"], clean.tables["sigma"])
     assert (out / "sigma.csv").is_file() and (out / "claims.json").is_file()
+
+
+def test_schedule_runs_longest_first_and_separates_repetitions():
+    """Equal-cost repetitions of a configuration are not started side by side (they compile the same
+    programs; one after the other, the second finds them in the XLA cache)."""
+    from vaefail.experiments.execute import estimated_cost, schedule
+
+    def job(name, steps, rep):
+        return f"{name}{rep}", {"fit": {"benchmark": name, "steps": steps, "seed": rep, "data_seed": rep}}
+
+    todo = [job(name, steps, rep) for name, steps in (("a", 100), ("b", 400), ("c", 400)) for rep in (0, 1)]
+    order = [key for key, _ in schedule(todo)]
+    assert order == ["b0", "c0", "b1", "c1", "a0", "a1"]
+    costs = [estimated_cost(spec) for _, spec in schedule(todo)]
+    assert costs == sorted(costs, reverse=True)
+    assert sorted(schedule(todo)) == sorted(todo)
+
+
+
+def test_workers_run_xla_with_one_thread(tmp_path):
+    """XLA ignores its thread-count flags; VAEFAIL_XLA_THREADS (set for every worker) sizes its pool,
+    and the worker is not left confined to one core."""
+    script = (
+        "import os, vaefail, jax, jax.numpy as jnp\n"
+        "(jnp.ones((300, 300)) @ jnp.ones((300, 300))).block_until_ready()\n"
+        "names = [open(f'/proc/self/task/{t}/comm').read() for t in os.listdir('/proc/self/task')]\n"
+        "print(sum(n.startswith('tf_XLAEigen') for n in names), len(os.sched_getaffinity(0)))\n"
+    )
+    from vaefail.experiments.execute import WORKER_ENV
+
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2:
+        pytest.skip("needs two cores")
+    for env, threads in (({}, cores), (WORKER_ENV, 1)):
+        out = subprocess.run([sys.executable, "-c", script], env={**os.environ, **env}, text=True,
+                             capture_output=True, check=True)
+        assert out.stdout.split() == [str(threads), str(cores)]

@@ -141,3 +141,19 @@ def test_ten_thousand_samples_for_five_thousand_points_in_bounded_memory():
     print(stats)
     assert stats["finite"]
     assert stats["rss_peak_during_mb"] - stats["rss_before_mb"] < 250, stats
+
+
+def test_shared_shift_logsumexp_matches_scipy_in_float64():
+    from scipy.special import logsumexp
+
+    from vaefail.metrics.likelihood import _logsumexp_and_of_squares
+
+    rng = np.random.default_rng(0)
+    lw = rng.normal(-800.0, 30.0, size=(5, 2000))  # exp underflows without the shift
+    lw[3] = -np.inf
+    lse, lse_sq = _logsumexp_and_of_squares(lw)
+    assert lse.dtype == np.float64 and lse_sq.dtype == np.float64
+    np.testing.assert_allclose(lse[[0, 1, 2, 4]], logsumexp(lw[[0, 1, 2, 4]], axis=1), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(lse_sq[[0, 1, 2, 4]], logsumexp(2 * lw[[0, 1, 2, 4]], axis=1), rtol=0,
+                               atol=1e-10)
+    assert lse[3] == -np.inf and lse_sq[3] == -np.inf

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,6 +73,31 @@ def test_restarts_are_independent_of_their_count():
     two = vaefail.fit("linear", seed=3, **{**TINY, "restarts": 2, "truth_restarts": 0})
     four = vaefail.fit("linear", seed=3, **{**TINY, "restarts": 4, "truth_restarts": 0})
     np.testing.assert_allclose(two.restarts.val_bound, four.restarts.val_bound[:2], rtol=1e-5)
+
+
+_FIT_ON_DEVICES = """
+import json, jax, vaefail
+from vaefail._jax import leading_axis_shardings
+res = vaefail.fit("linear", seed=3, restarts=4, truth_restarts=0, steps=400, init_steps=200, eval_every=200,
+                  n_train=500, n_val=200, n_test=200, converge=False)
+print(json.dumps({"devices": jax.device_count(), "split": leading_axis_shardings(4)[0] is not None,
+                  "odd_split": leading_axis_shardings(3)[0] is not None,
+                  "val": res.restarts.val_bound.tolist()}))
+"""
+
+
+def test_restarts_shard_across_cpu_devices_without_changing_the_fit():
+    """With one CPU device per core (vaefail._jax), restarts are split across devices; each restart's
+    arithmetic is unchanged, so the fit equals the one-device fit up to float32 rounding."""
+    runs = {}
+    for n in (1, 2):
+        env = {**os.environ, "VAEFAIL_CPU_DEVICES": str(n)}
+        out = subprocess.run([sys.executable, "-c", _FIT_ON_DEVICES], env=env, capture_output=True,
+                             text=True, check=True)
+        runs[n] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (runs[1]["devices"], runs[2]["devices"]) == (1, 2)
+    assert not runs[1]["split"] and runs[2]["split"] and not runs[2]["odd_split"]
+    np.testing.assert_allclose(runs[2]["val"], runs[1]["val"], rtol=1e-4)
 
 
 def test_same_seed_same_numbers_and_protocol_bookkeeping():

@@ -1,22 +1,42 @@
-"""JAX settings vaefail applies on import: a persistent compilation cache.
+"""JAX settings vaefail applies on import: a persistent compilation cache and one CPU device per core.
 
 Compiling the fused training loops takes seconds per configuration, often longer than training a small
 one; XLA's persistent cache makes every later process (tests, sweep workers, reruns) reuse compiled
 executables. Measured: a 2-restart 500-step figure8 fit took 25 s in a fresh process, 7 s with the cache
 warm. The cache lives in ``$VAEFAIL_JAX_CACHE`` (default ``~/.cache/vaefail/jax``); set it to ``off`` to
 disable it. A cache directory the user already configured in JAX is left alone.
+
+XLA gives a process one CPU device, and the stacked restarts of a fit run on it one batched op at a time;
+the second core mostly idles (one process with two XLA threads did no more than one thread, DESIGN.md).
+With one CPU device per core, :func:`vaefail.training.optimise` shards the restart axis across the
+devices, so each core trains its share of the restarts (measured on 2 cores: IWAE S = 20, 10 restarts,
+1,351 -> 2,288 restart-steps/s), and :func:`vaefail.metrics.log_likelihood` splits each chunk of points.
+``$VAEFAIL_CPU_DEVICES`` sets the count (the reproduce workers use 1: they are already one process per
+core); a count set through ``XLA_FLAGS`` or after JAX has started is left alone.
+
+XLA sizes its CPU thread pool from the cores the process may run on when it starts, and ignores the
+thread-count flags in ``XLA_FLAGS`` (measured, jax 0.10: two busy XLA threads despite them; two such
+processes on two cores burnt 1.5 CPU-seconds per second of work). ``$VAEFAIL_XLA_THREADS=N`` (the reproduce
+workers use 1) starts XLA while the process is confined to N cores, then gives every thread all the
+process's cores back: XLA keeps N threads and the OS still balances the processes over the cores.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
+from typing import Any
 
 import jax
+import numpy as np
 
 
 def configure() -> None:
-    """Enable the persistent compilation cache unless disabled or already configured."""
+    """Enable the persistent compilation cache and one CPU device per core, and apply
+    ``$VAEFAIL_XLA_THREADS`` (see the module docstring)."""
+    _configure_devices()
+    _configure_threads()
     where = os.environ.get("VAEFAIL_JAX_CACHE", str(Path.home() / ".cache" / "vaefail" / "jax"))
     if where.strip().lower() in ("", "0", "off", "none", "false"):
         return
@@ -29,3 +49,63 @@ def configure() -> None:
     jax.config.update("jax_compilation_cache_dir", where)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def _configure_devices() -> None:
+    if jax.config.jax_num_cpu_devices != -1 or "xla_force_host_platform_device_count" in os.environ.get(
+        "XLA_FLAGS", ""
+    ):
+        return  # the user chose
+    count = len(os.sched_getaffinity(0))
+    wanted = os.environ.get("VAEFAIL_CPU_DEVICES", "").strip()
+    if wanted:
+        if wanted.isdigit() and int(wanted) >= 1:
+            count = int(wanted)
+        else:
+            warnings.warn(f"VAEFAIL_CPU_DEVICES must be a positive integer, got {wanted!r}; using {count}",
+                          stacklevel=3)
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # JAX already started in this process: keep its devices
+        pass
+
+
+def leading_axis_shardings(n: int) -> tuple[Any, Any]:
+    """Shardings that split a leading axis of length ``n`` across this process's devices, and that
+    replicate: ``(split, replicated)``.
+
+    ``(None, None)`` with one device, or when ``n`` does not divide evenly among the devices (each device
+    must get the same share). jit partitions a computation whose inputs are split this way, so with one
+    CPU device per core each core computes its share (independent restarts, independent data points).
+    """
+    devices = jax.devices()
+    if len(devices) < 2 or n % len(devices):
+        return None, None
+    mesh = jax.sharding.Mesh(np.array(devices), ("shard",))
+    return (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("shard")),
+            jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
+def put_arrays(tree: Any, sharding: Any) -> Any:
+    """``jax.device_put`` of the array leaves of ``tree`` only (other leaves are left as they are)."""
+    return jax.tree_util.tree_map(
+        lambda a: jax.device_put(a, sharding) if isinstance(a, (jax.Array, np.ndarray)) else a, tree
+    )
+
+
+def _configure_threads() -> None:
+    wanted = os.environ.get("VAEFAIL_XLA_THREADS", "").strip()
+    if not wanted or not hasattr(os, "sched_setaffinity"):
+        return
+    allowed = os.sched_getaffinity(0)
+    if not wanted.isdigit() or not 1 <= int(wanted) < len(allowed):
+        return
+    os.sched_setaffinity(0, set(sorted(allowed)[: int(wanted)]))
+    try:
+        jax.devices()  # starts the CPU client: its thread pool is sized now
+    finally:
+        for tid in os.listdir("/proc/self/task"):  # threads started meanwhile inherited the mask
+            try:
+                os.sched_setaffinity(int(tid), allowed)
+            except OSError:  # a thread that has exited
+                pass

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from vaefail._jax import leading_axis_shardings, put_arrays
 from vaefail.benchmarks import Benchmark, Splits
 from vaefail.config import FitConfig
 from vaefail.models import VAE, TrueDecoder, make_vae
@@ -138,6 +139,10 @@ def optimise(
     hyper = jnp.asarray([learning_rate, np.log(final_lr_factor) / total], dtype=jnp.float32)
     chunk_args = dict(static=static, loss=loss, mask=mask, batch_size=batch_size)
     restart_keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(n_restarts))
+    split, shared = leading_axis_shardings(n_restarts)
+    if split is not None:
+        params, opt_state, restart_keys = jax.device_put((params, opt_state, restart_keys), split)
+        data, score_data, hyper = put_arrays((data, score_data, hyper), shared)
     best_params = params
     best = np.full(n_restarts, -np.inf)
     diverged = np.zeros(n_restarts, dtype=bool)
@@ -178,6 +183,8 @@ def optimise(
                 break
     if score is None:
         best_params = params
+    if split is not None:  # hand back ordinary arrays, not committed to any device (set)
+        best_params = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a)), best_params)
     return OptimiseResult(
         model=eqx.combine(best_params, static),
         best_score=np.where(diverged, -np.inf, best),
@@ -228,8 +235,10 @@ def _evaluate(params, score_data, *, static, score):
     return jax.vmap(lambda p: score(eqx.combine(p, static), score_data))(params)
 
 
-def _where_restart(selected: np.ndarray, new: Any, old: Any) -> Any:
-    """Per restart, take ``new`` where ``selected`` else ``old`` (stacked pytrees)."""
+@jax.jit
+def _where_restart(selected: jax.Array, new: Any, old: Any) -> Any:
+    """Per restart, take ``new`` where ``selected`` else ``old`` (stacked pytrees of arrays; one compiled
+    function per structure, not one per leaf shape)."""
     sel = jnp.asarray(selected)
     return jax.tree_util.tree_map(
         lambda a, b: jnp.where(sel.reshape(-1, *([1] * (a.ndim - 1))), a, b), new, old

@@ -2,14 +2,16 @@
 
 Workers return the finished configuration's files as bytes and the driver writes them into the
 :class:`~vaefail.experiments.store.ResultsStore`, so the same code serves a local pool and a remote
-cluster, and a configuration's folder appears only once it is complete. Each worker runs XLA with one
-thread: on this project's 2-core machines two single-threaded processes did twice the work of one
-two-threaded process (DESIGN.md, "Stack").
+cluster, and a configuration's folder appears only once it is complete. Each worker (local or Ray) runs
+XLA with one thread and one device (:data:`WORKER_ENV`): on this project's 2-core machines two
+single-threaded processes did twice the work of one two-threaded process (DESIGN.md, "Stack"), and the
+same thread count everywhere makes local and Ray results identical.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import multiprocessing
 import os
 import socket
@@ -24,11 +26,14 @@ from vaefail.experiments.store import ResultsStore
 
 EXECUTORS = ("local", "ray")
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-#: Environment of every worker: one XLA thread each (two single-threaded processes did twice the work of
-#: one two-threaded process, DESIGN.md), and glibc malloc keeping large buffers instead of returning them
-#: to the OS after every step (DESIGN.md measured +7-15% for training, 2x for importance sampling).
+#: Environment of every worker: one XLA thread and one device each (two single-threaded processes did
+#: twice the work of one two-threaded process, DESIGN.md), and glibc malloc keeping large buffers instead
+#: of returning them to the OS after every step (DESIGN.md measured +7-15% for training, 2x for
+#: importance sampling).
 WORKER_ENV = {
     "XLA_FLAGS": SINGLE_THREAD_XLA,
+    "VAEFAIL_CPU_DEVICES": "1",  # a worker is one core already (vaefail._jax)
+    "VAEFAIL_XLA_THREADS": "1",  # what actually limits XLA's threads (vaefail._jax)
     "MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024),
     "MALLOC_TRIM_THRESHOLD_": str(1024 * 1024 * 1024),
 }
@@ -63,7 +68,7 @@ def execute(
     """
     check_executor(executor, address)
     todo = list({k: s for k, s in jobs if not store.has(k)}.items())
-    todo.sort(key=lambda job: -estimated_cost(job[1]))  # longest first: no long task left alone at the end
+    todo = schedule(todo)
     if not todo:
         return 0
     workers = workers or os.cpu_count() or 1
@@ -78,6 +83,29 @@ def execute(
             store.put(key, files)
             advance()
     return len(todo)
+
+
+def schedule(todo: list[Job]) -> list[Job]:
+    """The order to start jobs in: longest first (no long task left alone at the end); among jobs of equal
+    cost, the first repetition of every configuration before any second one.
+
+    Repetitions differ only in their seeds, so they compile exactly the same XLA programs: started side
+    by side, two workers would both compile them (on a fresh machine, compilation is about a third of a
+    quick reproduce run); one after the other, the second finds them in the persistent cache.
+    """
+    seen: dict[str, int] = {}
+    ranked = []
+    for job in todo:
+        group = json.dumps(_without_seeds(job[1]), sort_keys=True, default=str)
+        ranked.append((-estimated_cost(job[1]), seen.setdefault(group, 0), len(ranked), job))
+        seen[group] += 1
+    return [job for *_, job in sorted(ranked, key=lambda r: r[:3])]
+
+
+def _without_seeds(spec: Any) -> Any:
+    if not isinstance(spec, dict):
+        return spec
+    return {k: _without_seeds(v) for k, v in spec.items() if k not in ("seed", "data_seed", "seeds")}
 
 
 def estimated_cost(spec: dict[str, Any]) -> float:
