@@ -97,6 +97,10 @@ def optimise(
 ) -> OptimiseResult:
     """Minimise ``loss`` for every restart of a stacked model with Adam, fused over steps.
 
+    With several devices (one CPU device per core, :mod:`vaefail._jax`) and ``R`` divisible by their
+    number, the restarts are split across the devices; restarts never interact, so this changes only
+    floating-point rounding.
+
     Parameters
     ----------
     model
