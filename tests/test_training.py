@@ -78,7 +78,7 @@ def test_restarts_are_independent_of_their_count():
 _FIT_ON_DEVICES = """
 import json, jax, vaefail
 from vaefail._jax import leading_axis_shardings
-res = vaefail.fit("linear", seed=3, restarts=4, truth_restarts=0, steps=400, init_steps=200, eval_every=200,
+res = vaefail.fit("linear", seed=3, restarts=4, truth_restarts=0, steps=50, init_steps=50, eval_every=50,
                   n_train=500, n_val=200, n_test=200, converge=False)
 print(json.dumps({"devices": jax.device_count(), "split": leading_axis_shardings(4)[0] is not None,
                   "odd_split": leading_axis_shardings(3)[0] is not None,
@@ -88,7 +88,9 @@ print(json.dumps({"devices": jax.device_count(), "split": leading_axis_shardings
 
 def test_restarts_shard_across_cpu_devices_without_changing_the_fit():
     """With one CPU device per core (vaefail._jax), restarts are split across devices; each restart's
-    arithmetic is unchanged, so the fit equals the one-device fit up to float32 rounding."""
+    arithmetic is unchanged, so a short fit equals the one-device fit up to float32 rounding (measured:
+    3e-6 relative after 50 steps). Long runs amplify rounding, as any change of summation order does:
+    after 400 steps one restart of four differed by 0.03 nats."""
     runs = {}
     for n in (1, 2):
         env = {**os.environ, "VAEFAIL_CPU_DEVICES": str(n)}
@@ -97,7 +99,7 @@ def test_restarts_shard_across_cpu_devices_without_changing_the_fit():
         runs[n] = json.loads(out.stdout.strip().splitlines()[-1])
     assert (runs[1]["devices"], runs[2]["devices"]) == (1, 2)
     assert not runs[1]["split"] and runs[2]["split"] and not runs[2]["odd_split"]
-    np.testing.assert_allclose(runs[2]["val"], runs[1]["val"], rtol=1e-4)
+    np.testing.assert_allclose(runs[2]["val"], runs[1]["val"], rtol=2e-5)
 
 
 def test_same_seed_same_numbers_and_protocol_bookkeeping():
