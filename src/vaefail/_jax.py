@@ -36,7 +36,11 @@ def configure() -> None:
     """Enable the persistent compilation cache and one CPU device per core, and apply
     ``$VAEFAIL_XLA_THREADS`` (see the module docstring)."""
     _configure_devices()
-    _configure_threads()
+    _configure_cache()
+    _configure_threads()  # last: it starts the backend
+
+
+def _configure_cache() -> None:
     where = os.environ.get("VAEFAIL_JAX_CACHE", str(Path.home() / ".cache" / "vaefail" / "jax"))
     if where.strip().lower() in ("", "0", "off", "none", "false"):
         return
@@ -56,7 +60,7 @@ def _configure_devices() -> None:
         "XLA_FLAGS", ""
     ):
         return  # the user chose
-    count = len(os.sched_getaffinity(0))
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     wanted = os.environ.get("VAEFAIL_CPU_DEVICES", "").strip()
     if wanted:
         if wanted.isdigit() and int(wanted) >= 1:
