@@ -150,7 +150,7 @@ def main() -> None:
         other_rows.append((f"vaefail reproduce {experiment} --preset {preset or 'quick'} ({cache} XLA cache)",
                            "", "", f"{wall / 60:.1f} min", "", "", "", "",
                            f"wall time, peak RSS {peak:,.0f} MB"))
-    loglik = _Loglik(base) if base is not None else None
+    loglik = _Loglik(base, args.repeats) if base is not None else None
     x = np.asarray(get_benchmark("figure8").sample(jax.random.PRNGKey(1), 5000).x, np.float32)
     for row in rows:
         theirs = [None, None]
@@ -163,7 +163,7 @@ def main() -> None:
     for cells in other_rows:
         table.add_row(*cells)
     if loglik is not None:
-        loglik.add_rows(table, args.repeats)
+        loglik.add_rows(table)
     Console(width=180).print(table)
 
 
@@ -178,17 +178,18 @@ class _Loglik:
 
     samples = 5000
 
-    def __init__(self, base) -> None:
-        self.tb, self.lb = tb, lb = base
-        self.model = lb.fit_vaefail_model(1)
+    def __init__(self, base, repeats: int) -> None:
+        self.tb, self.lb = base
+        self.repeats = repeats
+        self.model = self.lb.fit_vaefail_model(1)
         self.x = np.asarray(get_benchmark("figure8").splits().test.x, np.float32)
-        self.ours = _median(3, lb.vaefail_points_per_second, self.model, self.x, self.samples)
+        self.ours = _median(repeats, self.lb.vaefail_points_per_second, self.model, self.x, self.samples)
 
-    def add_rows(self, table: Table, repeats: int) -> None:
+    def add_rows(self, table: Table) -> None:
         tb, lb = self.tb, self.lb
         layers, sigma = tb.vaefail_layers(self.model), float(self.model.sigma)
-        theirs = [_median(repeats, lb.torch_loop_points_per_second, layers, sigma, self.x[:100], self.samples,
-                          threads=threads) for threads in (None, 1)]
+        theirs = [_median(self.repeats, lb.torch_loop_points_per_second, layers, sigma, self.x[:100],
+                          self.samples, threads=threads) for threads in (None, 1)]
         table.add_row(f"log-likelihood, {self.samples:,} importance samples (baseline: per-datapoint loop)",
                       "", "1", f"{self.ours:,.0f}", *_compare(self.ours, theirs, "{:,.1f}"), "points/s")
         mem_ours = lb.peak_memory("vaefail", layers, sigma, self.x, self.samples)

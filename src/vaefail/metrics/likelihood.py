@@ -180,6 +180,10 @@ def _log_weight_chunks(
     split, replicated = leading_axis_shardings(point_chunk)
     if split is not None:
         model = put_arrays(model, replicated)
+
+    def to_host(rows: slice, lw: jax.Array) -> tuple[slice, np.ndarray]:
+        return rows, np.asarray(lw, dtype=np.float64)[: rows.stop - rows.start]
+
     pending = None
     for c, start in enumerate(range(0, num_samples, sample_chunk)):
         s = min(sample_chunk, num_samples - start)
@@ -192,10 +196,10 @@ def _log_weight_chunks(
                 xc = jax.device_put(xc, split)
             lw = _log_weights(model, xc, jax.random.fold_in(key, c), s, jnp.asarray(p, jnp.int32))
             if pending is not None:
-                yield pending[0], np.asarray(pending[1], dtype=np.float64)[: pending[2]]
-            pending = (slice(p, p + rows), lw, rows)
+                yield to_host(*pending)
+            pending = (slice(p, p + rows), lw)
     if pending is not None:
-        yield pending[0], np.asarray(pending[1], dtype=np.float64)[: pending[2]]
+        yield to_host(*pending)
 
 
 @eqx.filter_jit
