@@ -10,12 +10,14 @@ import pytest
 
 from vaefail.benchmarks import get_benchmark
 from vaefail.errors import ConfigError, UnknownNameError
-from vaefail.models import TrueDecoder, make_vae
+from vaefail.models import LOG_2PI, TrueDecoder, columns, make_vae, mlp_columns
 from vaefail.objectives import (
+    _normal_logpdf,
     elbo,
     gaussian_kl_to_standard,
     iwae,
     loss_fn,
+    sample_terms,
 )
 
 
@@ -112,6 +114,30 @@ def test_dreg_gradients_agree_with_iwae_in_expectation():
     assert np.mean(np.abs(z) < 4) > 0.97, np.sort(np.abs(z))[-5:]
     # and DReG has lower variance for the encoder, its reason to exist
     assert np.median(g_dreg[:, is_encoder].var(0) / g_std[:, is_encoder].var(0)) < 1.0
+
+
+def test_column_layout_computes_the_per_point_model():
+    """mlp_columns == vmap of the MLP; sample_terms' log-weights == the per-point, per-sample formula
+    ``log N(x; f(z), sigma^2) + log N(z; 0, I) - log N(z; mu, sigma_q^2)`` with the same draws."""
+    bench = get_benchmark("figure8")
+    model = make_vae(2, 3, bench.sigma_eps, key=jax.random.PRNGKey(3), activation="tanh")
+    x = jnp.asarray(bench.sample(jax.random.PRNGKey(4), 7).x, jnp.float32)
+    np.testing.assert_allclose(mlp_columns(model.encoder.net, x.T), jax.vmap(model.encoder.net)(x).T,
+                               rtol=1e-5, atol=1e-6)
+    keys = jax.random.split(jax.random.PRNGKey(5), 7)
+    t = sample_terms(model, x, keys, 11)
+    assert t.z.shape == (3, 7, 11) and t.log_w.shape == (7, 11)
+    for i in range(7):
+        eps = jax.random.normal(keys[i], (3, 11)).T  # point i's draws, one sample per row
+        mu, log_std = model.encoder(x[i])
+        z = mu + jnp.exp(log_std) * eps
+        ref = (jax.vmap(lambda zs, xi=x[i]: model.log_likelihood(xi, zs))(z)
+               + jnp.sum(-0.5 * z**2 - 0.5 * LOG_2PI, axis=-1) - _normal_logpdf(z, mu, log_std))
+        np.testing.assert_allclose(t.log_w[i], ref, rtol=1e-5, atol=1e-4)
+    truth = eqx.tree_at(lambda m: m.decoder, model,
+                        TrueDecoder(f_gt=bench.f_gt, true_latent_dim=bench.latent_dim))
+    z = t.z.reshape(3, -1)
+    np.testing.assert_allclose(columns(truth.decoder, z), jax.vmap(truth.decoder)(z.T).T, rtol=1e-6)
 
 
 def test_bad_objective_options():

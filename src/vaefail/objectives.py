@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
 from vaefail.errors import require, unknown_name
-from vaefail.models import LOG_2PI, VAE
+from vaefail.models import LOG_2PI, VAE, columns
 
 OBJECTIVES = ("vae", "iwae")
 
@@ -50,29 +50,63 @@ def gaussian_kl_to_standard(mu: jax.Array, log_std: jax.Array) -> jax.Array:
     return 0.5 * jnp.sum(mu**2 + jnp.exp(2.0 * log_std) - 1.0 - 2.0 * log_std, axis=-1)
 
 
-def _normal_logpdf(z: jax.Array, mu: jax.Array, log_std: jax.Array) -> jax.Array:
-    """``log N(z; mu, diag exp(2 log_std))`` summed over the last axis."""
-    return jnp.sum(-0.5 * ((z - mu) * jnp.exp(-log_std)) ** 2 - log_std - 0.5 * LOG_2PI, axis=-1)
+def _normal_logpdf(z: jax.Array, mu: jax.Array, log_std: jax.Array, axis: int = -1) -> jax.Array:
+    """``log N(z; mu, diag exp(2 log_std))`` summed over ``axis`` (the latent dimensions)."""
+    return jnp.sum(-0.5 * ((z - mu) * jnp.exp(-log_std)) ** 2 - log_std - 0.5 * LOG_2PI, axis=axis)
 
 
-def _draw(mu: jax.Array, log_std: jax.Array, key: jax.Array, num_samples: int) -> jax.Array:
-    eps = jax.random.normal(key, (num_samples, *mu.shape), dtype=mu.dtype)
-    return mu + jnp.exp(log_std) * eps
+class SampleTerms(NamedTuple):
+    """Monte-Carlo terms of ``n`` points with ``S`` reparameterised samples each, ``z_is ~ q(z|x_i)``.
 
-
-def _point_log_weights(
-    model: VAE, x: jax.Array, key: jax.Array, num_samples: int
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """For one point: ``log w_s = log p(x|z_s) + log p(z_s) - log q(z_s|x)`` with ``z_s ~ q``.
-
-    Returns ``(log_w (S,), log_lik (S,), kl ())``.
+    Attributes
+    ----------
+    mu, log_std
+        Encoder outputs, shape ``(K, n)`` (one point per column).
+    eps, z
+        Standard-normal draws and ``z = mu + exp(log_std) * eps``, shape ``(K, n, S)``.
+    log_lik
+        ``log p_theta(x_i | z_is)``, shape ``(n, S)``.
+    log_prior
+        ``log p(z_is)`` (standard normal, summed over ``K``), shape ``(n, S)``.
     """
-    mu, log_std = model.encoder(x)
-    z = _draw(mu, log_std, key, num_samples)
-    log_lik = jax.vmap(lambda zs: model.log_likelihood(x, zs))(z)
-    log_prior = jnp.sum(-0.5 * z**2 - 0.5 * LOG_2PI, axis=-1)
-    log_q = _normal_logpdf(z, mu, log_std)
-    return log_lik + log_prior - log_q, log_lik, gaussian_kl_to_standard(mu, log_std)
+
+    mu: jax.Array
+    log_std: jax.Array
+    eps: jax.Array
+    z: jax.Array
+    log_lik: jax.Array
+    log_prior: jax.Array
+
+    @property
+    def log_q(self) -> jax.Array:
+        """``log q(z_is | x_i) = sum_k (-eps^2 / 2 - log sigma_k - log(2 pi) / 2)``, shape ``(n, S)``; with
+        ``z = mu + sigma eps`` this equals ``log N(z; mu, sigma^2)`` in value and in its total gradient."""
+        return jnp.sum(-0.5 * self.eps**2 - self.log_std[..., None] - 0.5 * LOG_2PI, axis=0)
+
+    @property
+    def log_w(self) -> jax.Array:
+        """Log importance weights ``log p_theta(x|z) + log p(z) - log q(z|x)``, shape ``(n, S)``."""
+        return self.log_lik + self.log_prior - self.log_q
+
+    @property
+    def kl(self) -> jax.Array:
+        """Analytic ``KL(q(z|x_i) || p(z))``, shape ``(n,)``."""
+        return gaussian_kl_to_standard(self.mu.T, self.log_std.T)
+
+
+def sample_terms(model: VAE, x: jax.Array, keys: jax.Array, num_samples: int) -> SampleTerms:
+    """Encode ``x`` (``(n, D)``), draw ``S = num_samples`` samples per point and score them.
+
+    Point ``i`` draws its ``(K, S)`` standard normals from ``keys[i]`` (so a point's samples do not depend
+    on which other points share the batch). All arrays keep the points x samples on their last axes,
+    ``(K, n, S)``: the decoder sees one sample per column (:meth:`VAE.log_likelihood_columns`).
+    """
+    mu, log_std = columns(model.encoder, x.T)
+    eps = jax.vmap(lambda k: jax.random.normal(k, (mu.shape[0], num_samples), mu.dtype), out_axes=1)(keys)
+    z = mu[..., None] + jnp.exp(log_std)[..., None] * eps
+    log_lik = model.log_likelihood_columns(x.T[..., None], z)
+    log_prior = jnp.sum(-0.5 * z**2 - 0.5 * LOG_2PI, axis=0)
+    return SampleTerms(mu, log_std, eps, z, log_lik, log_prior)
 
 
 def elbo(model: VAE, x: jax.Array, key: jax.Array, num_samples: int = 1) -> BoundRecord:
@@ -92,16 +126,8 @@ def elbo(model: VAE, x: jax.Array, key: jax.Array, num_samples: int = 1) -> Boun
     num_samples
         Monte-Carlo samples ``S`` for the reconstruction term.
     """
-    keys = jax.random.split(key, x.shape[0])
-
-    def point(xi, ki):
-        mu, log_std = model.encoder(xi)
-        z = _draw(mu, log_std, ki, num_samples)
-        rec = jnp.mean(jax.vmap(lambda zs: model.log_likelihood(xi, zs))(z))
-        kl = gaussian_kl_to_standard(mu, log_std)
-        return rec, kl
-
-    rec, kl = jax.vmap(point)(x, keys)
+    t = sample_terms(model, x, jax.random.split(key, x.shape[0]), num_samples)
+    rec, kl = jnp.mean(t.log_lik, axis=1), t.kl
     return BoundRecord(reconstruction=rec, kl=kl, bound=rec - kl)
 
 
@@ -112,14 +138,9 @@ def iwae(model: VAE, x: jax.Array, key: jax.Array, num_samples: int) -> BoundRec
     computed with log-sum-exp. ``IWAE_1`` is the single-sample ELBO; ``IWAE_S`` increases with ``S`` in
     expectation and tends to ``log p_theta(x)``.
     """
-    keys = jax.random.split(key, x.shape[0])
-
-    def point(xi, ki):
-        log_w, log_lik, kl = _point_log_weights(model, xi, ki, num_samples)
-        return jnp.mean(log_lik), kl, logsumexp(log_w) - jnp.log(num_samples)
-
-    rec, kl, bound = jax.vmap(point)(x, keys)
-    return BoundRecord(reconstruction=rec, kl=kl, bound=bound)
+    t = sample_terms(model, x, jax.random.split(key, x.shape[0]), num_samples)
+    bound = logsumexp(t.log_w, axis=1) - jnp.log(num_samples)
+    return BoundRecord(reconstruction=jnp.mean(t.log_lik, axis=1), kl=t.kl, bound=bound)
 
 
 def iwae_dreg_surrogate(
@@ -135,26 +156,18 @@ def iwae_dreg_surrogate(
 
     where ``sg`` stops gradients. Its value is not a bound; the bound is returned in the record.
     """
-    keys = jax.random.split(key, x.shape[0])
-    frozen = _stop_decoder(model)
-
-    def point(xi, ki):
-        mu, log_std = model.encoder(xi)
-        z = _draw(mu, log_std, ki, num_samples)
-        log_prior = jnp.sum(-0.5 * z**2 - 0.5 * LOG_2PI, axis=-1)
-        log_q = _normal_logpdf(z, jax.lax.stop_gradient(mu), jax.lax.stop_gradient(log_std))
-        # encoder path: decoder frozen, q's parameters stopped; gradient flows only through z_s.
-        log_w_phi = jax.vmap(lambda zs: frozen.log_likelihood(xi, zs))(z) + log_prior - log_q
-        # decoder path: z_s fixed.
-        log_lik = jax.vmap(lambda zs: model.log_likelihood(xi, zs))(jax.lax.stop_gradient(z))
-        log_w = jax.lax.stop_gradient(log_w_phi)
-        w = jax.nn.softmax(log_w)
-        surrogate = jnp.sum(w**2 * log_w_phi) + jnp.sum(w * log_lik)
-        bound = logsumexp(log_w) - jnp.log(num_samples)
-        return surrogate, jnp.mean(log_lik), gaussian_kl_to_standard(mu, log_std), bound
-
-    surrogate, rec, kl, bound = jax.vmap(point)(x, keys)
-    return jnp.mean(surrogate), BoundRecord(rec, kl, bound)
+    t = sample_terms(_stop_decoder(model), x, jax.random.split(key, x.shape[0]), num_samples)
+    # encoder path: decoder frozen (above), q's parameters stopped; gradient flows only through z_s.
+    log_q = _normal_logpdf(t.z, jax.lax.stop_gradient(t.mu[..., None]),
+                           jax.lax.stop_gradient(t.log_std[..., None]), axis=0)
+    log_w_phi = t.log_lik + t.log_prior - log_q
+    # decoder path: z_s fixed.
+    log_lik = model.log_likelihood_columns(x.T[..., None], jax.lax.stop_gradient(t.z))
+    log_w = jax.lax.stop_gradient(log_w_phi)
+    w = jax.nn.softmax(log_w, axis=1)
+    surrogate = jnp.sum(w**2 * log_w_phi, axis=1) + jnp.sum(w * log_lik, axis=1)
+    bound = logsumexp(log_w, axis=1) - jnp.log(num_samples)
+    return jnp.mean(surrogate), BoundRecord(jnp.mean(log_lik, axis=1), t.kl, bound)
 
 
 def _stop_decoder(model: VAE) -> VAE:

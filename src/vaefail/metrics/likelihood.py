@@ -15,7 +15,7 @@ from vaefail._jax import leading_axis_shardings, put_arrays
 from vaefail.errors import ConfigError, DataError, require
 from vaefail.metrics.pareto import TopTracker
 from vaefail.models import LOG_2PI, VAE
-from vaefail.objectives import _normal_logpdf
+from vaefail.objectives import sample_terms
 
 
 @dataclass(frozen=True)
@@ -204,18 +204,11 @@ def _log_weight_chunks(
 
 @eqx.filter_jit
 def _log_weights(model: VAE, x: jax.Array, key: jax.Array, num_samples: int, offset: jax.Array) -> jax.Array:
-    """``log w_{is}`` for a chunk of points, shape ``(n_chunk, S)``; ``offset`` is the index of the first
-    point (a traced array, so chunks at different offsets share one compilation)."""
-
-    def point(xi, i):
-        mu, log_std = model.encoder(xi)
-        k = jax.random.fold_in(key, i)
-        z = mu + jnp.exp(log_std) * jax.random.normal(k, (num_samples, mu.shape[0]))
-        log_lik = jax.vmap(lambda zs: model.log_likelihood(xi, zs))(z)
-        log_prior = jnp.sum(-0.5 * z**2 - 0.5 * LOG_2PI, axis=-1)
-        return log_lik + log_prior - _normal_logpdf(z, mu, log_std)
-
-    return jax.vmap(point)(x, offset + jnp.arange(x.shape[0]))
+    """``log w_{is}`` for a chunk of points, shape ``(n_chunk, S)``; point ``i`` draws from
+    ``fold_in(key, offset + i)``. ``offset`` is the index of the first point (a traced array, so chunks at
+    different offsets share one compilation)."""
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(offset + jnp.arange(x.shape[0]))
+    return sample_terms(model, x, keys, num_samples).log_w
 
 
 @eqx.filter_jit
