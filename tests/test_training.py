@@ -138,3 +138,22 @@ def test_fit_linear_reaches_exact_log_likelihood():
     exact = result.benchmark.log_prob(test)
     assert abs(ll.mean - exact.mean()) < 0.02, (ll.mean, exact.mean())
     stack([result.model])  # a selected model can be re-stacked for evaluation
+
+
+def test_fixed_sigma_stays_fixed_and_learned_sigma_moves_in_one_program():
+    """``learn_sigma`` is data: fixed and learned models have one tree structure (so they share compiled
+    programs); under Adam a fixed sigma_eps keeps its exact initial value while a learned one moves."""
+    from vaefail.objectives import loss_fn
+
+    bench = get_benchmark("figure8")
+    keys = list(jax.random.split(jax.random.PRNGKey(0), 2))
+    fixed, learned = (init_models(FitConfig(restarts=2, learn_sigma=flag), bench, keys)
+                      for flag in (False, True))
+    assert jax.tree_util.tree_structure(fixed) == jax.tree_util.tree_structure(learned)
+    x = jnp.asarray(bench.splits(n_train=500).train.x, jnp.float32)
+    run = dict(steps=200, batch_size=100, learning_rate=1e-2, eval_every=200, progress=False)
+    out_fixed = optimise(fixed, loss_fn("vae"), x, jax.random.PRNGKey(1), **run).model
+    out_learned = optimise(learned, loss_fn("vae"), x, jax.random.PRNGKey(1), **run).model
+    np.testing.assert_array_equal(out_fixed.log_sigma, fixed.log_sigma)
+    np.testing.assert_array_equal(out_fixed.learn_sigma, 0.0)
+    assert np.all(np.abs(np.asarray(out_learned.log_sigma - learned.log_sigma)) > 1e-3)

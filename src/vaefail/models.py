@@ -132,25 +132,32 @@ class TrueDecoder(eqx.Module):
     def __call__(self, z: jax.Array) -> jax.Array:
         return self.f_gt(z[: self.true_latent_dim])
 
+
 class VAE(eqx.Module):
     """An MFG-VAE: encoder, decoder and the Gaussian observation noise ``sigma_eps``.
 
-    ``log_sigma`` is a scalar array; when ``learn_sigma`` is false it is wrapped in
-    :func:`jax.lax.stop_gradient`, so it stays at its initial value under any optimiser.
+    ``log_sigma`` is a scalar array. ``learn_sigma`` is a float32 scalar array, 1 to learn ``sigma_eps`` and
+    0 to keep it fixed: the gradient reaching ``log_sigma`` is multiplied by it (and none reaches the flag
+    itself), so a fixed ``sigma_eps`` stays at its initial value under any optimiser. It is data, not a
+    static field, so models with learned and fixed ``sigma_eps`` share every compiled program.
     """
 
     encoder: GaussianEncoder
     decoder: MLPDecoder | TrueDecoder
     log_sigma: jax.Array
-    learn_sigma: bool = eqx.field(static=True)
+    learn_sigma: jax.Array = eqx.field(converter=lambda v: jnp.asarray(v, jnp.float32))
     x_dim: int = eqx.field(static=True)
     latent_dim: int = eqx.field(static=True)
 
     @property
     def sigma(self) -> jax.Array:
-        """Observation noise standard deviation ``sigma_eps``."""
-        log_sigma = self.log_sigma if self.learn_sigma else jax.lax.stop_gradient(self.log_sigma)
-        return jnp.exp(log_sigma)
+        """Observation noise standard deviation ``sigma_eps = exp(log_sigma)``.
+
+        Computed as ``exp(sg(a) + sg(flag) * (a - sg(a)))`` with ``a = log_sigma`` and ``sg`` the
+        stop-gradient: the value is exactly ``exp(a)``, its gradient in ``a`` is ``flag`` times the usual one.
+        """
+        fixed = jax.lax.stop_gradient(self.log_sigma)
+        return jnp.exp(fixed + jax.lax.stop_gradient(self.learn_sigma) * (self.log_sigma - fixed))
 
     def log_likelihood(self, x: jax.Array, z: jax.Array) -> jax.Array:
         """``log N(x; f_theta(z), sigma_eps^2 I)``, summed over the ``D`` data dimensions (scalar)."""

@@ -26,7 +26,7 @@ from vaefail.errors import StoreError, VaefailError
 from vaefail.models import VAE
 from vaefail.training import init_models, take
 
-RUN_FORMAT = "vaefail-run/1"
+RUN_FORMAT = "vaefail-run/2"  # 2: VAE.learn_sigma became an array leaf of models.eqx
 RUN_FILES = ("config.json", "models.eqx", "restarts.csv", "summary.json")
 
 
