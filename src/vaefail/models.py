@@ -49,10 +49,9 @@ def mlp_columns(net: eqx.nn.MLP, h: jax.Array) -> jax.Array:
     The same function as ``jax.vmap(net, in_axes=1, out_axes=1)(h)``, written as the products
     ``W h + b[:, None]`` so that the long axis (the ``m`` columns) is the last, contiguous one. XLA on CPU
     keeps that layout, so the activations and the likelihood's elementwise tail run over long vectors
-    instead of rows of ``width`` (50) floats. Measured on 2 cores (figure8, 2x50 MLP): the
-    importance-sampled log-likelihood 1.4-1.6x faster, IWAE training with S = 20 1.3x, against the
-    vmapped row-per-point form. Falls back to that form for an MLP with learnt activations or
-    ``scan=True``.
+    instead of rows of ``width`` (50) floats. Measured on 2 cores (figure8, 2x50 MLP, against the vmapped
+    row-per-point form): the importance-sampled log-likelihood about 1.3x faster, IWAE training with
+    S = 20 1.2-1.5x. Falls back to that form for an MLP with learnt activations or ``scan=True``.
     """
     acts = (net.activation, net.final_activation)
     if net.scan or any(eqx.is_array(a) for a in jax.tree_util.tree_leaves(acts)):
@@ -62,7 +61,7 @@ def mlp_columns(net: eqx.nn.MLP, h: jax.Array) -> jax.Array:
     return net.final_activation(_linear_columns(net.layers[-1], h))
 
 
-def columns(module: Callable, h: jax.Array):
+def columns(module: Callable, h: jax.Array) -> jax.Array | tuple[jax.Array, jax.Array]:
     """``module`` applied to every column of ``h``: its ``columns`` method where it has one (the MLPs
     here), else ``jax.vmap`` over axis 1 (e.g. a :class:`TrueDecoder` or a user's own module)."""
     method = getattr(module, "columns", None)

@@ -25,15 +25,14 @@ from vaefail.errors import ConfigError, VaefailError, unknown_name
 from vaefail.experiments.store import ResultsStore
 
 EXECUTORS = ("local", "ray")
-SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 #: Environment of every worker: one XLA thread and one device each (two single-threaded processes did
 #: twice the work of one two-threaded process, DESIGN.md), and glibc malloc keeping large buffers instead
 #: of returning them to the OS after every step (DESIGN.md measured +7-15% for training, 2x for
-#: importance sampling).
+#: importance sampling). XLA's own thread flags (``--xla_cpu_multi_thread_eigen=false``) are ignored by
+#: jax 0.10 (same numbers and thread count with and without them), so ``VAEFAIL_XLA_THREADS`` limits it.
 WORKER_ENV = {
-    "XLA_FLAGS": SINGLE_THREAD_XLA,
     "VAEFAIL_CPU_DEVICES": "1",  # a worker is one core already (vaefail._jax)
-    "VAEFAIL_XLA_THREADS": "1",  # what actually limits XLA's threads (vaefail._jax)
+    "VAEFAIL_XLA_THREADS": "1",  # starts XLA with a one-thread pool (vaefail._jax)
     "MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024),
     "MALLOC_TRIM_THRESHOLD_": str(1024 * 1024 * 1024),
 }
