@@ -138,7 +138,6 @@ def test_schedule_runs_longest_first_and_separates_repetitions():
     assert sorted(schedule(todo)) == sorted(todo)
 
 
-
 def test_workers_run_xla_with_one_thread(tmp_path):
     """XLA ignores its thread-count flags; VAEFAIL_XLA_THREADS (set for every worker) sizes its pool,
     and the worker is not left confined to one core."""
