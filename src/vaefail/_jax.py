@@ -23,12 +23,14 @@ process's cores back: XLA keeps N threads and the OS still balances the processe
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -95,6 +97,26 @@ def put_arrays(tree: Any, sharding: Any) -> Any:
     return jax.tree_util.tree_map(
         lambda a: jax.device_put(a, sharding) if isinstance(a, (jax.Array, np.ndarray)) else a, tree
     )
+
+
+def materialise(a: jax.Array, width: int = 16) -> jax.Array:
+    """``a`` itself, routed through a product with the identity so that XLA computes it only once.
+
+    XLA on CPU fuses elementwise producers into their consumers and evaluates them again for every
+    element a consumer reads. Standard normal draws are such a producer, and an expensive one (the
+    inverse error function): with ``K = 1`` the first decoder layer is an outer product that XLA writes
+    elementwise, so the draws were transformed 50 times per sample, once per hidden unit, and again in
+    the backward pass. XLA does not fuse a matrix product into its consumers (and does not simplify a
+    product with the identity away), so ``a`` is stored once and read thereafter. Measured, IWAE
+    ``S = 20``, batch 100, ``K = 1``, one core: a training step 2.3 -> 1.6 ms. Exact for finite ``a``: each
+    output is ``1 * a_i`` plus zeros at full precision (a -0 may become +0). ``a.size`` must share a
+    factor of at least 4 with ``width``, else ``a`` is returned as it is.
+    """
+    m = math.gcd(a.size, width)
+    if m < 4:
+        return a
+    eye = jnp.eye(m, dtype=a.dtype)
+    return jnp.matmul(a.reshape(-1, m), eye, precision=jax.lax.Precision.HIGHEST).reshape(a.shape)
 
 
 def _configure_threads() -> None:

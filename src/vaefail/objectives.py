@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
+from vaefail._jax import materialise
 from vaefail.errors import require, unknown_name
 from vaefail.models import LOG_2PI, VAE, columns
 
@@ -103,6 +104,7 @@ def sample_terms(model: VAE, x: jax.Array, keys: jax.Array, num_samples: int) ->
     """
     mu, log_std = columns(model.encoder, x.T)
     eps = jax.vmap(lambda k: jax.random.normal(k, (mu.shape[0], num_samples), mu.dtype), out_axes=1)(keys)
+    eps = materialise(eps)  # else XLA redoes the normals' transform in every consumer
     z = mu[..., None] + jnp.exp(log_std)[..., None] * eps
     log_lik = model.log_likelihood_columns(x.T[..., None], z)
     log_prior = jnp.sum(-0.5 * z**2 - 0.5 * LOG_2PI, axis=0)

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from vaefail._jax import leading_axis_shardings, put_arrays
+from vaefail._jax import leading_axis_shardings, materialise, put_arrays
 from vaefail.benchmarks import Benchmark, Splits
 from vaefail.config import FitConfig
 from vaefail.models import VAE, TrueDecoder, make_vae
@@ -283,7 +283,7 @@ def init_models(config: FitConfig, benchmark: Benchmark, keys: jax.Array) -> VAE
 @functools.lru_cache(maxsize=32)
 def _decoder_fit_loss(benchmark: Benchmark, latent_dim: int) -> Loss:
     def loss(model, _batch, k):
-        z = jax.random.normal(k, (512, latent_dim))
+        z = materialise(jax.random.normal(k, (512, latent_dim)))
         pred = jax.vmap(model.decoder)(z)
         target = jax.vmap(benchmark.f_gt)(z[:, : benchmark.latent_dim])
         return jnp.mean(jnp.sum((pred - target) ** 2, axis=-1)), None

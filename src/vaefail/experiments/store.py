@@ -2,7 +2,7 @@
 
 Layout::
 
-    DIR/store.json            {"format": "vaefail-store/2"}
+    DIR/store.json            {"format": "vaefail-store/3"}
     DIR/runs/<hash>/          task.json, metrics.json and the run folder files of the fitted result
 
 A configuration's folder is first written under ``DIR/runs/.tmp-<hash>-<pid>-<nonce>`` and then renamed
@@ -27,7 +27,8 @@ from vaefail.errors import StoreError
 
 #: Bumped whenever stored numbers or run folders change meaning, so a store never mixes results of two
 #: versions. 2: run folders ``vaefail-run/2`` and the column-layout numerics (every number moved slightly).
-STORE_FORMAT = "vaefail-store/2"
+#: 3: standard normals stored once (``vaefail._jax.materialise``); IWAE with K = 1 rounds differently.
+STORE_FORMAT = "vaefail-store/3"
 
 
 def config_hash(task: Mapping[str, Any]) -> str:
