@@ -27,7 +27,8 @@ from vaefail.errors import StoreError
 
 #: Bumped whenever stored numbers or run folders change meaning, so a store never mixes results of two
 #: versions. 2: run folders ``vaefail-run/2`` and the column-layout numerics (every number moved slightly).
-#: 3: standard normals stored once (``vaefail._jax.materialise``); IWAE with K = 1 rounds differently.
+#: 3: standard normals stored once (``vaefail._jax.materialise``); IWAE with K = 1 and the truth-started
+#: restarts (decoder regression) round differently.
 STORE_FORMAT = "vaefail-store/3"
 
 
