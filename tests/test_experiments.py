@@ -122,6 +122,50 @@ def test_killed_sweep_resumes_without_recomputing(tmp_path):
     assert (out / "sigma.csv").is_file() and (out / "claims.json").is_file()
 
 
+_NAPPING_DRIVER = """
+import sys, time
+from vaefail.experiments.execute import execute
+from vaefail.experiments.store import ResultsStore
+
+
+def nap(spec):
+    time.sleep(spec["seconds"])
+    return {"metrics.json": b"{}"}
+
+
+if __name__ == "__main__":
+    jobs = [(f"k{i}", {"seconds": 300.0 if i else 0.0, "i": i}) for i in range(6)]
+    try:
+        execute(jobs, ResultsStore(sys.argv[1]), nap, workers=2, progress=False)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        sys.exit(130)
+"""
+
+
+def test_ctrl_c_stops_running_configurations_at_once(tmp_path):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) while the workers run 5-minute
+    configurations: the driver stops them instead of waiting, keeps what finished, writes nothing else."""
+    script = tmp_path / "driver.py"
+    script.write_text(_NAPPING_DRIVER)
+    store = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, str(script), str(store)], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while not (store / "runs" / "k0").is_dir() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)  # both workers are now inside a 300 s configuration
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("Ctrl-C waited for the running configurations")
+    assert proc.returncode == 130 and "interrupted" in out
+    assert sorted(os.listdir(store / "runs")) == ["k0"]
+
+
 def test_schedule_runs_longest_first_and_separates_repetitions():
     """Equal-cost repetitions of a configuration are not started side by side (they compile the same
     programs; one after the other, the second finds them in the XLA cache)."""

@@ -147,8 +147,26 @@ def _run_pool(todo: list[Job], run: Callable, workers: int) -> Iterator[tuple[st
                     f"{futures[future]}; finished configurations are kept, rerun to resume: {err}"
                 ) from None
             yield futures[future], files
+    except BaseException:  # Ctrl-C (or a failure): stop now, do not wait for running configurations
+        _stop_workers(pool)
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _stop_workers(pool: cf.ProcessPoolExecutor) -> None:
+    """Terminate the pool's worker processes.
+
+    ``shutdown`` alone waits for the configurations the workers are running, and for those already handed
+    to them (a paper-preset configuration takes 20 minutes); a worker that got the Ctrl-C itself even
+    starts the next one. Their results are not stored, so nothing half-finished is kept.
+    """
+    terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
 
 
 def _run_ray(todo: list[Job], run: Callable, address: str | None, workers: int):
