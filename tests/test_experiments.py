@@ -182,6 +182,64 @@ def test_schedule_runs_longest_first_and_separates_repetitions():
     assert sorted(schedule(todo)) == sorted(todo)
 
 
+def test_next_job_keeps_program_families_on_one_worker():
+    """A free worker takes the largest job of a family it has compiled, else of a family no other worker
+    has touched, else the largest job; families are only preferred among jobs of comparable cost."""
+    from vaefail.experiments.execute import next_job, program_family
+
+    def job(objective, k, steps, seed=0):
+        return f"{objective}{k}-{steps}-{seed}", {"fit": {"objective": objective, "latent_dim": k,
+                                                          "steps": steps, "seed": seed, "sigma_eps": seed}}
+
+    queue = [job("vae", 1, 400), job("vae", 2, 400), job("vae", 3, 300), job("vae", 1, 50)]
+    fam = [program_family(spec) for _, spec in queue]
+    assert fam[0] == program_family(job("vae", 1, 400, seed=7)[1])  # seeds and sigma_eps are data
+    assert fam[0] == fam[3] and len(set(fam[:3])) == 3
+    assert next_job(queue, set(), set()) == 0
+    assert next_job(queue, {fam[2]}, {fam[0]}) == 2  # its own family, though not the largest
+    assert next_job(queue, set(), {fam[0]}) == 1  # a family nobody has compiled
+    assert next_job(queue, set(), set(fam)) == 0  # nothing fits: longest first
+    assert next_job(queue[1:], {fam[0]}, set()) == 0  # the 50-step vae K=1 is too small to jump ahead
+    with pytest.raises(ValueError):
+        next_job([], set(), set())
+
+
+_DYING_DRIVER = """
+import os, sys, time
+from vaefail.experiments.execute import execute
+from vaefail.experiments.store import ResultsStore
+from vaefail.errors import VaefailError
+
+
+def work(spec):
+    if spec["die"]:
+        time.sleep(2.0)
+        os._exit(3)
+    return {"metrics.json": b"{}"}
+
+
+if __name__ == "__main__":
+    jobs = [("ok", {"die": False}), ("dies", {"die": True})]
+    try:
+        execute(jobs, ResultsStore(sys.argv[1]), work, workers=2, progress=False)
+    except VaefailError as err:
+        print(err, flush=True)
+        sys.exit(1)
+"""
+
+
+def test_a_dying_worker_gives_a_clear_error_and_keeps_finished_work(tmp_path):
+    script = tmp_path / "driver.py"
+    script.write_text(_DYING_DRIVER)
+    store = tmp_path / "store"
+    proc = subprocess.run([sys.executable, str(script), str(store)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "a worker process died" in proc.stdout and "dies" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert sorted(os.listdir(store / "runs")) == ["ok"]
+
+
 def test_workers_run_xla_with_one_thread(tmp_path):
     """XLA ignores its thread-count flags; VAEFAIL_XLA_THREADS (set for every worker) sizes its pool,
     and the worker is not left confined to one core."""
