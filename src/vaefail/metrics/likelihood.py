@@ -72,13 +72,14 @@ class LogLikelihood:
         return float(np.sqrt(np.sum(var)) / len(self.per_point))
 
 
-def _check_x(model: VAE, x: np.ndarray) -> jax.Array:
+def _check_x(model: VAE, x: np.ndarray) -> np.ndarray:
+    """``x`` as float32 after checking its shape ``(n, D)`` and that it is finite."""
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != model.x_dim:
         raise DataError(f"x must have shape (n, {model.x_dim}), got {x.shape}")
     if not np.all(np.isfinite(x)):
         raise DataError("x contains NaN or inf")
-    return jnp.asarray(x, dtype=jnp.float32)
+    return x.astype(np.float32)
 
 
 def log_likelihood(
@@ -166,13 +167,16 @@ def _logsumexp_and_of_squares(lw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _log_weight_chunks(
-    model: VAE, xs: jax.Array, key: jax.Array, num_samples: int, point_chunk: int, sample_chunk: int
+    model: VAE, xs: np.ndarray, key: jax.Array, num_samples: int, point_chunk: int, sample_chunk: int
 ) -> Iterator[tuple[slice, np.ndarray]]:
     """Yield ``(rows, log_w)`` with ``log_w`` float64 of shape ``(rows, s)`` over all chunks.
 
     A chunk's points are split across the process's CPU devices when they divide evenly (one device per
     core, :mod:`vaefail._jax`), and the next chunk is dispatched before the current one is handed to the
-    caller, so the host's float64 reductions overlap the next chunk's log-weights.
+    caller, so the host's float64 reductions overlap the next chunk's log-weights. Every input of a call
+    (points, key, offset) is made on the host beforehand: an eager JAX op (slicing, ``fold_in``) would
+    queue behind the running chunk, and the dispatch of the next one would wait for it (measured: 1,400
+    -> 2,100 points/s on 2 cores, figure8, S = 5,000).
     """
     n = xs.shape[0]
     sample_chunk = min(sample_chunk, num_samples)
@@ -180,24 +184,23 @@ def _log_weight_chunks(
     split, replicated = leading_axis_shardings(point_chunk)
     if split is not None:
         model = put_arrays(model, replicated)
+    starts = range(0, num_samples, sample_chunk)
+    chunk_keys = np.asarray(jax.vmap(lambda c: jax.random.fold_in(key, c))(jnp.arange(len(starts))))
+    padded = np.concatenate([xs, np.broadcast_to(xs[-1:], (-n % point_chunk, xs.shape[1]))])  # one shape
 
     def to_host(rows: slice, lw: jax.Array) -> tuple[slice, np.ndarray]:
         return rows, np.asarray(lw, dtype=np.float64)[: rows.stop - rows.start]
 
     pending = None
-    for c, start in enumerate(range(0, num_samples, sample_chunk)):
+    for c, start in enumerate(starts):
         s = min(sample_chunk, num_samples - start)
         for p in range(0, n, point_chunk):
-            xc = xs[p : p + point_chunk]
-            rows = xc.shape[0]
-            if rows < point_chunk:  # pad so every call has the same shape (one compilation)
-                xc = jnp.concatenate([xc, jnp.broadcast_to(xc[:1], (point_chunk - rows, xc.shape[1]))])
-            if split is not None:
-                xc = jax.device_put(xc, split)
-            lw = _log_weights(model, xc, jax.random.fold_in(key, c), s, jnp.asarray(p, jnp.int32))
+            xc = padded[p : p + point_chunk]
+            xc = xc if split is None else jax.device_put(xc, split)
+            lw = _log_weights(model, xc, chunk_keys[c], s, np.int32(p))
             if pending is not None:
                 yield to_host(*pending)
-            pending = (slice(p, p + rows), lw)
+            pending = (slice(p, min(p + point_chunk, n)), lw)
     if pending is not None:
         yield to_host(*pending)
 
