@@ -136,21 +136,23 @@ def nap(spec):
 if __name__ == "__main__":
     jobs = [(f"k{i}", {"seconds": 300.0 if i else 0.0, "i": i}) for i in range(6)]
     try:
-        execute(jobs, ResultsStore(sys.argv[1]), nap, workers=2, progress=False)
+        execute(jobs, ResultsStore(sys.argv[1]), nap, executor=sys.argv[2], workers=2, progress=False)
     except KeyboardInterrupt:
         print("interrupted", flush=True)
         sys.exit(130)
 """
 
 
-def test_ctrl_c_stops_running_configurations_at_once(tmp_path):
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_ctrl_c_stops_running_configurations_at_once(tmp_path, executor):
     """Ctrl-C (SIGINT to the process group, as a terminal sends it) while the workers run 5-minute
-    configurations: the driver stops them instead of waiting, keeps what finished, writes nothing else."""
+    configurations: the driver stops them instead of waiting, keeps what finished, writes nothing else
+    (with Ray: a private local instance, which ``ray.shutdown`` takes down with its workers)."""
     script = tmp_path / "driver.py"
     script.write_text(_NAPPING_DRIVER)
     store = tmp_path / "store"
-    proc = subprocess.Popen([sys.executable, str(script), str(store)], stdout=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen([sys.executable, str(script), str(store), executor], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     deadline = time.time() + 120
     while not (store / "runs" / "k0").is_dir() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
