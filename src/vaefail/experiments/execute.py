@@ -161,8 +161,8 @@ def next_job(queue: Sequence[Job], mine: set[str], others: set[str], guard: floa
     new to it is traced, lowered and compiled (or loaded from the persistent cache) again, and two
     workers starting the same family at once on a fresh machine both compile it. Measured on 2 cores,
     ``vaefail reproduce all --preset quick``, against plain longest-first dispatch: empty XLA cache 7 min
-    51 s -> 6 min 29 s (906 -> 750 CPU-seconds, of which compilation 296 -> 197), warm cache 4 min 58 s
-    -> 4 min 43 s (570 -> 543).
+    46 s -> 6 min 29 s (900 -> 750 CPU-seconds, of which compilation 324 -> 197), warm cache 5 min 3 s ->
+    4 min 43 s (580 -> 543).
     """
     if not queue:
         raise ValueError("no job left to start")
