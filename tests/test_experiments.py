@@ -123,7 +123,7 @@ def test_killed_sweep_resumes_without_recomputing(tmp_path):
 
 
 _NAPPING_DRIVER = """
-import sys, time
+import signal, sys, time
 from vaefail.experiments.execute import execute
 from vaefail.experiments.store import ResultsStore
 
@@ -134,6 +134,8 @@ def nap(spec):
 
 
 if __name__ == "__main__":
+    # as in a terminal: a test run from a background job would inherit SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     jobs = [(f"k{i}", {"seconds": 300.0 if i else 0.0, "i": i}) for i in range(6)]
     try:
         execute(jobs, ResultsStore(sys.argv[1]), nap, executor=sys.argv[2], workers=2, progress=False)

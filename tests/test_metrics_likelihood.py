@@ -35,6 +35,8 @@ def test_point_chunking_does_not_change_the_estimate(figure8):
     b = log_likelihood(model, x, jax.random.PRNGKey(0), 300, point_chunk=37)
     np.testing.assert_allclose(a.per_point, b.per_point, rtol=0, atol=1e-5)
     np.testing.assert_allclose(a.ess, b.ess, rtol=1e-3)
+    typed = log_likelihood(model, x, jax.random.key(0), 300, point_chunk=250)  # a new-style key
+    np.testing.assert_array_equal(typed.per_point, a.per_point)
 
 
 def test_streamed_khat_equals_khat_of_all_weights(figure8):

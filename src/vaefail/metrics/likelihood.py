@@ -185,7 +185,7 @@ def _log_weight_chunks(
     if split is not None:
         model = put_arrays(model, replicated)
     starts = range(0, num_samples, sample_chunk)
-    chunk_keys = np.asarray(jax.vmap(lambda c: jax.random.fold_in(key, c))(jnp.arange(len(starts))))
+    chunk_keys = [jax.random.fold_in(key, c) for c in range(len(starts))]  # all before the first call
     padded = np.concatenate([xs, np.broadcast_to(xs[-1:], (-n % point_chunk, xs.shape[1]))])  # one shape
 
     def to_host(rows: slice, lw: jax.Array) -> tuple[slice, np.ndarray]:
