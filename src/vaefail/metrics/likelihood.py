@@ -77,6 +77,8 @@ def _check_x(model: VAE, x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != model.x_dim:
         raise DataError(f"x must have shape (n, {model.x_dim}), got {x.shape}")
+    if x.shape[0] == 0:
+        raise DataError("x has no points")
     if not np.all(np.isfinite(x)):
         raise DataError("x contains NaN or inf")
     return x.astype(np.float32)
