@@ -186,7 +186,7 @@ def _run_pool(todo: list[Job], run: Callable, workers: int) -> Iterator[tuple[st
     running: dict[cf.Future, tuple[str, str]] = {}  # future -> (store key, family)
 
     def start(mine: set[str]) -> None:
-        others = {f for fams in ran.values() if fams is not mine for f in fams}
+        others = {f for fams in ran.values() if fams is not mine for f in fams}  # other workers' families
         others |= {family for _, family in running.values()}
         key, spec = queue.pop(next_job(queue, mine, others))
         with _env(**WORKER_ENV):  # workers start at submit and inherit this
