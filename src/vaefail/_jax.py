@@ -22,10 +22,11 @@ process's cores back: XLA keeps N threads and the OS still balances the processe
 
 JAX lowers the Threefry hash behind every ``jax.random`` draw on CPU as a rolled loop (five iterations
 of four rounds) and elsewhere unrolled. On XLA:CPU (jax 0.10) the rolled loop is slower both to compile
-and to run: measured on one core, a program drawing 153,600 bits compiled in 3.6 s rolled vs 0.2 s
-unrolled and ran at 27 vs 7 ns per draw; a fresh-process figure8 IWAE configuration (122 compiled
-programs) took 54-56 vs 33-37 CPU-s. :func:`_configure_threefry` registers the unrolled lowering for
-CPU too. It is the same hash, so every random number, and every result, is bit-identical (tested).
+and to run: measured on one core, a program drawing 153,600 bits took 3.6 s rolled vs 0.2 s unrolled to
+compile and run once, then 27 vs 7 ns per draw; a fresh-process figure8 IWAE configuration (122 compiled
+programs) took 54-56 vs 33-37 CPU-s, and ``reproduce all --preset quick`` on a fresh machine 948 -> 792.
+:func:`_configure_threefry` registers the unrolled lowering for CPU too. It is the same hash, so every
+random number, and every result, is bit-identical (tested).
 """
 
 from __future__ import annotations
