@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vaefail._jax import leading_axis_shardings, put_arrays
-from vaefail.errors import ConfigError, DataError, require
+from vaefail.errors import ConfigError, require
+from vaefail.metrics._stats import check_x
 from vaefail.metrics.pareto import TopTracker
 from vaefail.models import LOG_2PI, VAE
 from vaefail.objectives import sample_terms
@@ -72,18 +73,6 @@ class LogLikelihood:
         return float(np.sqrt(np.sum(var)) / len(self.per_point))
 
 
-def _check_x(model: VAE, x: np.ndarray) -> np.ndarray:
-    """``x`` as float32 after checking its shape ``(n, D)`` and that it is finite."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] != model.x_dim:
-        raise DataError(f"x must have shape (n, {model.x_dim}), got {x.shape}")
-    if x.shape[0] == 0:
-        raise DataError("x has no points")
-    if not np.all(np.isfinite(x)):
-        raise DataError("x contains NaN or inf")
-    return x.astype(np.float32)
-
-
 def log_likelihood(
     model: VAE,
     x: np.ndarray,
@@ -135,7 +124,7 @@ def log_likelihood(
     """
     require(num_samples >= 1, f"num_samples must be >= 1, got {num_samples}")
     require(point_chunk >= 1 and sample_chunk >= 1, "point_chunk and sample_chunk must be >= 1")
-    xs = _check_x(model, x)
+    xs = check_x(x, model.x_dim).astype(np.float32)
     n = xs.shape[0]
     tracker = TopTracker(n, num_samples) if pareto_k else None
     log_sum = np.full(n, -np.inf)
@@ -245,7 +234,7 @@ def exact_log_likelihood(
     k = model.latent_dim
     if k > 2:
         raise ConfigError(f"exact quadrature supports latent_dim <= 2, the model has {k}")
-    _check_x(model, x)
+    xn = check_x(x, model.x_dim)
     m = grid_size or (4001 if k == 1 else 301)
     axis = np.linspace(-bound, bound, m)
     w1 = np.full(m, axis[1] - axis[0])
@@ -258,7 +247,6 @@ def exact_log_likelihood(
     if point_chunk is None:
         point_chunk = max(1, (1 << 22) // len(grid))
     require(point_chunk >= 1, f"point_chunk must be >= 1, got {point_chunk}")
-    xn = np.asarray(x, dtype=np.float64)
     inv_var = 1.0 / sigma**2
     # Per node: log weight + log N(0; m_j, sigma^2 I) without the x-dependent terms.
     node = log_w - 0.5 * inv_var * np.sum(means**2, axis=1) - model.x_dim * (np.log(sigma) + 0.5 * LOG_2PI)

@@ -31,20 +31,14 @@ import numpy as np
 from scipy.special import logsumexp
 
 from vaefail.benchmarks.labelled import LabelledBenchmark, LabelledDataset
-from vaefail.errors import ConfigError, DataError, require
+from vaefail.errors import ConfigError, require
+from vaefail.metrics._stats import check_x
 from vaefail.models import LOG_2PI
 from vaefail.semisupervised.model import M2
 
 
 def _finite(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
-
-
-def _check_x(model: M2, x: Any) -> np.ndarray:
-    arr = np.asarray(x, dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[1] != model.x_dim or not np.all(np.isfinite(arr)):
-        raise DataError(f"x must be a finite array of shape (n, {model.x_dim}), got {arr.shape}")
-    return arr
 
 
 @eqx.filter_jit
@@ -112,7 +106,7 @@ def model_class_log_prob(
     np.ndarray
         Shape ``(n, C)``.
     """
-    xs = _check_x(model, x)
+    xs = check_x(x, model.x_dim)
     nodes, log_w = _grid(model.latent_dim, grid_size, bound)
     sigma = float(model.sigma)
     const = -model.x_dim * (math.log(sigma) + 0.5 * LOG_2PI)
@@ -146,13 +140,13 @@ def sample_truth_class(benchmark: LabelledBenchmark, key: jax.Array, y: int, n: 
 
 def classifier_log_probs(model: M2, x: Any) -> np.ndarray:
     """:math:`\\log q_\\phi(y \\mid x)`, shape ``(n, C)``."""
-    xs = jnp.asarray(_check_x(model, x), jnp.float32)
+    xs = jnp.asarray(check_x(x, model.x_dim), jnp.float32)
     return np.asarray(_class_log_probs(model, xs), np.float64)
 
 
 def encoder_means(model: M2, x: Any, y: Any) -> np.ndarray:
     """Mean of :math:`q(z \\mid x, y)` (:math:`q(z \\mid x)` for the mean-field family), shape ``(n, K)``."""
-    xs = jnp.asarray(_check_x(model, x), jnp.float32)
+    xs = jnp.asarray(check_x(x, model.x_dim), jnp.float32)
     ys = jnp.asarray(np.broadcast_to(np.asarray(y, np.int32), (xs.shape[0],)))
     return np.asarray(_encoder_means(model, xs, ys), np.float64)
 
