@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +17,7 @@ import vaefail
 from vaefail.benchmarks import get_benchmark
 from vaefail.config import FitConfig
 from vaefail.metrics import log_likelihood
+from vaefail.objectives import loss_fn
 from vaefail.training import fit_decoder_to_truth, init_models, optimise, stack, take
 
 TINY = dict(restarts=2, steps=400, init_steps=200, eval_every=200, n_train=500, n_val=200,
@@ -51,8 +53,6 @@ def test_optimise_marks_nan_restart_diverged_and_keeps_others():
     models = init_models(config, bench, list(jax.random.split(jax.random.PRNGKey(0), 3)))
     models = jax.tree_util.tree_map(lambda a: a, models)
     w = models.decoder.net.layers[0].weight
-    import equinox as eqx
-
     models = eqx.tree_at(lambda m: m.decoder.net.layers[0].weight, models, w.at[1].set(jnp.nan))
     x = jnp.asarray(bench.sample(jax.random.PRNGKey(1), 300).x, jnp.float32)
     from vaefail.objectives import bound_fn, loss_fn
@@ -73,6 +73,32 @@ def test_restarts_are_independent_of_their_count():
     two = vaefail.fit("linear", seed=3, **{**TINY, "restarts": 2, "truth_restarts": 0})
     four = vaefail.fit("linear", seed=3, **{**TINY, "restarts": 4, "truth_restarts": 0})
     np.testing.assert_allclose(two.restarts.val_bound, four.restarts.val_bound[:2], rtol=1e-5)
+
+
+def test_restarts_run_in_pairs_on_one_device_without_changing_the_fit():
+    """On one device an even number of restarts above 2 trains in sequential pairs (restart_group); the
+    paired program computes every restart as the all-at-once vmap does, up to float32 rounding, and the
+    first pair exactly as a run of those two restarts alone."""
+    from vaefail.training import _ADAM, _run_chunk, restart_group
+
+    assert [restart_group(r) for r in (1, 2, 3, 4, 5, 10)] == [1, 2, 3, 2, 5, 2]
+    bench = get_benchmark("figure8")
+    keys = list(jax.random.split(jax.random.PRNGKey(0), 4))
+    models = init_models(FitConfig(restarts=4, latent_dim=2), bench, keys)
+    params, static = eqx.partition(models, eqx.is_inexact_array)
+    state = jax.vmap(_ADAM.init)(params)
+    keys = jax.vmap(lambda k: jax.random.split(k, 30))(jax.random.split(jax.random.PRNGKey(1), 4))
+    x = jnp.asarray(bench.sample(jax.random.PRNGKey(2), 500).x, jnp.float32)
+    hyper = jnp.asarray([1e-2, 0.0], jnp.float32)
+    args = dict(static=static, loss=loss_fn("iwae", 5), mask=None, batch_size=32)
+    runs = {g: _run_chunk(params, state, keys, x, hyper, group=g, **args) for g in (2, 4)}
+    first_two = take((params, state), slice(0, 2))
+    alone = _run_chunk(*first_two, keys[:2], x, hyper, group=2, **args)
+    leaves = (jax.tree_util.tree_leaves(r[0]) for r in (runs[2], runs[4], alone))
+    for paired, together, first in zip(*leaves, strict=True):
+        np.testing.assert_allclose(paired, together, rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(paired[:2], first)
+    assert not np.array_equal(jax.tree_util.tree_leaves(runs[2][0])[0], jax.tree_util.tree_leaves(params)[0])
 
 
 _FIT_ON_DEVICES = """
