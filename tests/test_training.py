@@ -55,7 +55,7 @@ def test_optimise_marks_nan_restart_diverged_and_keeps_others():
     w = models.decoder.net.layers[0].weight
     models = eqx.tree_at(lambda m: m.decoder.net.layers[0].weight, models, w.at[1].set(jnp.nan))
     x = jnp.asarray(bench.sample(jax.random.PRNGKey(1), 300).x, jnp.float32)
-    from vaefail.objectives import bound_fn, loss_fn
+    from vaefail.objectives import bound_fn
 
     bound = bound_fn("vae")
     out = optimise(
@@ -169,8 +169,6 @@ def test_fit_linear_reaches_exact_log_likelihood():
 def test_fixed_sigma_stays_fixed_and_learned_sigma_moves_in_one_program():
     """``learn_sigma`` is data: fixed and learned models have one tree structure (so they share compiled
     programs); under Adam a fixed sigma_eps keeps its exact initial value while a learned one moves."""
-    from vaefail.objectives import loss_fn
-
     bench = get_benchmark("figure8")
     keys = list(jax.random.split(jax.random.PRNGKey(0), 2))
     fixed, learned = (init_models(FitConfig(restarts=2, learn_sigma=flag), bench, keys)
