@@ -99,6 +99,9 @@ def test_restarts_run_in_pairs_on_one_device_without_changing_the_fit():
         np.testing.assert_allclose(paired, together, rtol=1e-4, atol=1e-5)
         np.testing.assert_array_equal(paired[:2], first)
     assert not np.array_equal(jax.tree_util.tree_leaves(runs[2][0])[0], jax.tree_util.tree_leaves(params)[0])
+    with pytest.raises(ValueError, match="group must divide"):
+        optimise(models, loss_fn("vae"), x, jax.random.PRNGKey(3), steps=10, batch_size=8,
+                 learning_rate=1e-3, group=3, progress=False)
 
 
 _FIT_ON_DEVICES = """

@@ -92,6 +92,7 @@ def optimise(
     patience: int = 6,
     tol: float = 1e-3,
     converge: bool = False,
+    group: int | None = None,
     description: str = "training",
     progress: bool = True,
 ) -> OptimiseResult:
@@ -125,6 +126,9 @@ def optimise(
     eval_every, patience, tol, converge
         With ``converge``, stop when no restart improved its best score by more than ``tol`` for
         ``patience`` evaluations in a row.
+    group
+        On one device, how many restarts to vmap at a time (a divisor of ``R``; the groups run one after
+        another); default :func:`restart_group`. Ignored when the restarts are split across devices.
     description, progress
         Rich progress bar label, and whether to show it.
     """
@@ -143,7 +147,12 @@ def optimise(
     hyper = jnp.asarray([learning_rate, np.log(final_lr_factor) / total], dtype=jnp.float32)
     restart_keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(n_restarts))
     split, shared = leading_axis_shardings(n_restarts)
-    group = n_restarts if split is not None else restart_group(n_restarts)
+    if group is not None and (group < 1 or n_restarts % group):
+        raise ValueError(f"group must divide the {n_restarts} restarts, got {group}")
+    if split is not None:
+        group = n_restarts
+    elif group is None:
+        group = restart_group(n_restarts)
     chunk_args = dict(static=static, loss=loss, mask=mask, batch_size=batch_size, group=group)
     if split is not None:
         params, opt_state, restart_keys = jax.device_put((params, opt_state, restart_keys), split)
