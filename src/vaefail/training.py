@@ -151,12 +151,10 @@ def optimise(
         raise ValueError(f"group must divide the {n_restarts} restarts, got {group}")
     if split is not None:
         group = n_restarts
-    elif group is None:
-        group = restart_group(n_restarts)
-    chunk_args = dict(static=static, loss=loss, mask=mask, batch_size=batch_size, group=group)
-    if split is not None:
         params, opt_state, restart_keys = jax.device_put((params, opt_state, restart_keys), split)
         data, score_data, hyper = put_arrays((data, score_data, hyper), shared)
+    chunk_args = dict(static=static, loss=loss, mask=mask, batch_size=batch_size,
+                      group=group or restart_group(n_restarts))
     best_params = params
     best = np.full(n_restarts, -np.inf)
     diverged = np.zeros(n_restarts, dtype=bool)
@@ -222,8 +220,8 @@ def restart_group(restarts: int) -> int:
     batch 100 338 / 378 / 326 / 283; IWAE S = 10, K = 1, batch 100 1,527 / 1,715 / 1,482 / 1,732 and
     1,813 / 1,972 / 1,952 / 1,722; VAE, K = 1, batch 256 4,725 / 7,055 / 6,842 / 5,954; VAE, K = 3, batch 100
     7,799 / 10,281 / 11,025 / 10,129. Pairs were the fastest or within this machine's noise of it in every
-    shape (a single restart is slower than a pair). Restarts never interact, so only the floating-point
-    rounding changes with the grouping.
+    shape (a single restart is slower than a pair); ``python benchmarks/restart_groups.py`` measures it
+    again. Restarts never interact, so only the floating-point rounding changes with the grouping.
     """
     return 2 if restarts > 2 and restarts % 2 == 0 else restarts
 
