@@ -4,9 +4,9 @@ Usage: ``python benchmarks/restart_groups.py [--repeats R] [--restarts N]``.
 
 This is the measurement behind ``vaefail.training.restart_group`` (a ``vaefail reproduce`` worker, one
 single-threaded XLA device, trains more than two restarts in pairs). The script pins itself to one XLA
-device with one thread, as a worker is, and prints one row per shape: the best of ``--repeats`` timed runs
-(after one compiling run) for every group size that divides ``--restarts``, and the group size
-``restart_group`` picks.
+device with one thread, as a worker is, and prints one row per shape: for every group size that divides
+``--restarts``, the best of ``--repeats`` timed runs (``run.restart_steps_per_second``, each after an
+identical untimed one), and the group size ``restart_group`` picks.
 """
 
 from __future__ import annotations
@@ -17,35 +17,16 @@ import os
 os.environ.setdefault("VAEFAIL_CPU_DEVICES", "1")  # before JAX starts: one device with one thread,
 os.environ.setdefault("VAEFAIL_XLA_THREADS", "1")  # as in a reproduce worker
 
-import time  # noqa: E402
-
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
+from run import restart_steps_per_second  # noqa: E402  (benchmarks/run.py, beside this script)
 
-from vaefail.benchmarks import get_benchmark  # noqa: E402
-from vaefail.config import FitConfig  # noqa: E402
-from vaefail.objectives import loss_fn  # noqa: E402
-from vaefail.training import init_models, optimise, restart_group  # noqa: E402
+from vaefail.training import restart_group  # noqa: E402
 
 #: (objective, S, K, batch): the paper preset's IWAE and VAE shapes and the issue's batch-100 shapes.
 SHAPES = (("iwae", 20, 3, 256), ("iwae", 20, 3, 100), ("iwae", 50, 3, 100), ("iwae", 10, 1, 100),
           ("vae", 1, 1, 256), ("vae", 1, 3, 100))
-
-
-def rate(objective: str, samples: int, latent_dim: int, batch: int, restarts: int, group: int,
-         steps: int) -> float:
-    """Restart-steps per second of ``optimise`` with ``group`` restarts vmapped at a time (one timed run)."""
-    bench = get_benchmark("figure8")
-    models = init_models(FitConfig(restarts=restarts, latent_dim=latent_dim), bench,
-                         list(jax.random.split(jax.random.PRNGKey(0), restarts)))
-    x = jnp.asarray(bench.sample(jax.random.PRNGKey(1), 5000).x, jnp.float32)
-    t = time.perf_counter()
-    out = optimise(models, loss_fn(objective, samples), x, jax.random.PRNGKey(2), steps=steps,
-                   batch_size=batch, learning_rate=1e-3, eval_every=steps, group=group, progress=False)
-    jax.block_until_ready(out.model)
-    return restarts * steps / (time.perf_counter() - t)
 
 
 def main() -> None:
@@ -62,11 +43,10 @@ def main() -> None:
     for objective, samples, k, batch in SHAPES:
         steps = max(100, 200_000 // (n * batch * samples))  # a few seconds per timed run
         best = {}
-        for g in groups:
-            rate(objective, samples, k, batch, n, g, steps)  # compile
         for _ in range(args.repeats):  # interleaved, so a slow moment of the machine hits every column
             for g in groups:
-                best[g] = max(best.get(g, 0.0), rate(objective, samples, k, batch, n, g, steps))
+                rate = restart_steps_per_second(objective, samples, k, n, batch, steps, group=g)
+                best[g] = max(best.get(g, 0.0), rate)
         table.add_row(objective, str(samples), str(k), str(batch), *(f"{best[g]:,.0f}" for g in groups),
                       str(restart_group(n)))
     Console().print(table)

@@ -49,10 +49,11 @@ THROUGHPUT = (("vae", 1), ("iwae", 10), ("iwae", 20), ("iwae", 50))
 
 
 def restart_steps_per_second(objective: str, samples: int, latent_dim: int, restarts: int = 10,
-                             batch: int = 100, steps: int = 2000) -> float:
+                             batch: int = 100, steps: int = 2000, group: int | None = None) -> float:
     """Throughput of the fused training loop alone: the second of two identical runs of ``steps`` steps
     (the first compiles). The restarts are split across the process's CPU devices (one per core by
-    default, ``$VAEFAIL_CPU_DEVICES``), as in ``vaefail.fit``."""
+    default, ``$VAEFAIL_CPU_DEVICES``), as in ``vaefail.fit``; on one device ``group`` of them are vmapped
+    at a time (``optimise``'s default when ``None``)."""
     bench = get_benchmark("figure8")
     config = FitConfig(restarts=restarts, latent_dim=latent_dim)
     models = init_models(config, bench, list(jax.random.split(jax.random.PRNGKey(0), restarts)))
@@ -61,7 +62,7 @@ def restart_steps_per_second(objective: str, samples: int, latent_dim: int, rest
     def go(n):
         t = time.perf_counter()
         out = optimise(models, loss_fn(objective, samples), x, jax.random.PRNGKey(2), steps=n,
-                       batch_size=batch, learning_rate=1e-3, eval_every=n, progress=False)
+                       batch_size=batch, learning_rate=1e-3, eval_every=n, group=group, progress=False)
         jax.block_until_ready(out.model)
         return time.perf_counter() - t
 
