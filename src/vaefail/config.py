@@ -5,15 +5,86 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from vaefail.errors import ConfigError, require
 from vaefail.models import get_activation
 from vaefail.objectives import check_objective
 
 
+class ConfigDict:
+    """Dict round trip and copy-with-changes of a frozen config dataclass.
+
+    ``from_dict`` rejects unknown keys with a message naming the config (the class attribute ``what``).
+    """
+
+    what = "config"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def check_keys(cls, data: dict[str, Any]) -> None:
+        """Raise a :class:`ConfigError` naming every key of ``data`` that is not a field."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown {cls.what} keys {unknown}; valid keys: {sorted(names)}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Rebuild a config, rejecting unknown keys with a clear message."""
+        cls.check_keys(data)
+        return cls(**data)
+
+
+class RestartProtocol(ConfigDict):
+    """What the unsupervised and the semi-supervised configs share: the restart protocol's fields
+    (``restarts``, ``truth_restarts``, the optimiser's budget, the stopping rule, the networks, the splits and
+    the seeds), their checks and the quantities derived from them."""
+
+    def check_protocol(self) -> None:
+        """Raise a :class:`ConfigError` for the first shared field out of its range."""
+        require(self.latent_dim >= 1, f"latent dimension K must be >= 1, got {self.latent_dim}")
+        require(self.restarts >= 1, f"restarts must be >= 1, got {self.restarts}")
+        require(
+            0 <= self.n_truth <= self.restarts,
+            f"truth_restarts must be in [0, restarts={self.restarts}], got {self.truth_restarts}",
+        )
+        if self.sigma_eps is not None:
+            require(
+                math.isfinite(self.sigma_eps) and self.sigma_eps > 0,
+                f"sigma_eps must be > 0, got {self.sigma_eps}",
+            )
+        get_activation(self.activation)
+        for name in ("steps", "batch_size", "eval_every", "patience", "eval_samples", "hidden_width"):
+            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("n_train", "n_val", "n_test"):
+            require(getattr(self, name) >= 2, f"{name} must be >= 2, got {getattr(self, name)}")
+        require(self.hidden_depth >= 0, f"hidden_depth must be >= 0, got {self.hidden_depth}")
+        require(self.init_steps >= 0, f"init_steps must be >= 0, got {self.init_steps}")
+        require(
+            self.learning_rate > 0 and 0 < self.final_lr_factor <= 1,
+            "need learning_rate > 0 and 0 < final_lr_factor <= 1",
+        )
+        require(self.tol >= 0, f"tol must be >= 0, got {self.tol}")
+
+    @property
+    def n_truth(self) -> int:
+        """Number of restarts initialised at the ground truth (default half of them)."""
+        return self.restarts // 2 if self.truth_restarts is None else self.truth_restarts
+
+    @property
+    def split_seed(self) -> int:
+        """Seed of the data splits: ``data_seed``, else ``seed``."""
+        return self.seed if self.data_seed is None else self.data_seed
+
+
 @dataclass(frozen=True)
-class FitConfig:
+class FitConfig(RestartProtocol):
     """Everything that determines a fit; the same config and seed give the same numbers.
 
     Parameters
@@ -89,51 +160,5 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         check_objective(self.objective, self.num_samples)
-        require(self.latent_dim >= 1, f"latent dimension K must be >= 1, got {self.latent_dim}")
-        require(self.restarts >= 1, f"restarts must be >= 1, got {self.restarts}")
-        require(
-            0 <= self.n_truth <= self.restarts,
-            f"truth_restarts must be in [0, restarts={self.restarts}], got {self.truth_restarts}",
-        )
-        if self.sigma_eps is not None:
-            require(
-                math.isfinite(self.sigma_eps) and self.sigma_eps > 0,
-                f"sigma_eps must be > 0, got {self.sigma_eps}",
-            )
         require(not self.dreg or self.objective == "iwae", "--dreg needs the 'iwae' objective")
-        get_activation(self.activation)
-        for name in ("steps", "batch_size", "eval_every", "patience", "eval_samples", "hidden_width"):
-            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("n_train", "n_val", "n_test"):
-            require(getattr(self, name) >= 2, f"{name} must be >= 2, got {getattr(self, name)}")
-        require(self.hidden_depth >= 0, f"hidden_depth must be >= 0, got {self.hidden_depth}")
-        require(self.init_steps >= 0, f"init_steps must be >= 0, got {self.init_steps}")
-        require(
-            self.learning_rate > 0 and 0 < self.final_lr_factor <= 1,
-            "need learning_rate > 0 and 0 < final_lr_factor <= 1",
-        )
-        require(self.tol >= 0, f"tol must be >= 0, got {self.tol}")
-
-    @property
-    def n_truth(self) -> int:
-        """Number of restarts initialised at the ground truth."""
-        return self.restarts // 2 if self.truth_restarts is None else self.truth_restarts
-
-    @property
-    def split_seed(self) -> int:
-        return self.seed if self.data_seed is None else self.data_seed
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FitConfig:
-        """Rebuild a config, rejecting unknown keys with a clear message."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"unknown config keys {unknown}; valid keys: {sorted(names)}")
-        return cls(**data)
-
-    def replace(self, **changes: Any) -> FitConfig:
-        return dataclasses.replace(self, **changes)
+        self.check_protocol()

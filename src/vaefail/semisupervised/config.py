@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from vaefail.errors import ConfigError, require
-from vaefail.models import get_activation
+from vaefail.config import RestartProtocol
+from vaefail.errors import require
 from vaefail.semisupervised.model import check_encoder
 from vaefail.semisupervised.objectives import check_m2_options
 
 
 @dataclass(frozen=True)
-class SemiSupervisedConfig:
+class SemiSupervisedConfig(RestartProtocol):
     """Everything that determines an M2 fit; the same config gives the same numbers.
 
     Parameters
@@ -63,6 +61,8 @@ class SemiSupervisedConfig:
         Seed of initialisation and training; seed of the data and of the labelled subset (default ``seed``).
     """
 
+    what = "semi-supervised config"  # names it in from_dict's errors (a class attribute, not a field)
+
     benchmark: str = "semicircle"
     benchmark_params: dict[str, Any] = field(default_factory=dict)
     objective: str = "vae"
@@ -102,38 +102,7 @@ class SemiSupervisedConfig:
             isinstance(self.labelled_fraction, int | float) and 0.0 <= self.labelled_fraction <= 1.0,
             f"labelled_fraction must be in [0, 1], got {self.labelled_fraction!r}",
         )
-        require(self.latent_dim >= 1, f"latent dimension K must be >= 1, got {self.latent_dim}")
-        require(self.restarts >= 1, f"restarts must be >= 1, got {self.restarts}")
-        require(
-            0 <= self.n_truth <= self.restarts,
-            f"truth_restarts must be in [0, restarts={self.restarts}], got {self.truth_restarts}",
-        )
-        if self.sigma_eps is not None:
-            require(
-                math.isfinite(self.sigma_eps) and self.sigma_eps > 0,
-                f"sigma_eps must be > 0, got {self.sigma_eps}",
-            )
-        get_activation(self.activation)
-        for name in ("steps", "batch_size", "eval_every", "patience", "eval_samples", "hidden_width"):
-            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("n_train", "n_val", "n_test"):
-            require(getattr(self, name) >= 2, f"{name} must be >= 2, got {getattr(self, name)}")
-        require(self.hidden_depth >= 0, f"hidden_depth must be >= 0, got {self.hidden_depth}")
-        require(self.init_steps >= 0, f"init_steps must be >= 0, got {self.init_steps}")
-        require(
-            self.learning_rate > 0 and 0 < self.final_lr_factor <= 1,
-            "need learning_rate > 0 and 0 < final_lr_factor <= 1",
-        )
-        require(self.tol >= 0, f"tol must be >= 0, got {self.tol}")
-
-    @property
-    def n_truth(self) -> int:
-        """Number of restarts initialised at the ground truth."""
-        return self.restarts // 2 if self.truth_restarts is None else self.truth_restarts
-
-    @property
-    def split_seed(self) -> int:
-        return self.seed if self.data_seed is None else self.data_seed
+        self.check_protocol()
 
     @property
     def train_samples(self) -> int:
@@ -144,18 +113,3 @@ class SemiSupervisedConfig:
     def eval_num_samples(self) -> int:
         """Samples per point and class for validation/test objectives."""
         return self.num_samples if self.objective == "iwae" else self.eval_samples
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SemiSupervisedConfig:
-        """Rebuild a config, rejecting unknown keys with a clear message."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"unknown semi-supervised config keys {unknown}; valid keys: {sorted(names)}")
-        return cls(**data)
-
-    def replace(self, **changes: Any) -> SemiSupervisedConfig:
-        return dataclasses.replace(self, **changes)

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vaefail.config import ConfigDict
 from vaefail.errors import ConfigError, require
 from vaefail.semisupervised.model import check_encoder, make_m2
 from vaefail.semisupervised.objectives import check_m2_options, m2_loss_fn, pack
@@ -46,7 +47,7 @@ BASELINES = ("logistic", "mlp")
 
 
 @dataclass(frozen=True)
-class DigitsConfig:
+class DigitsConfig(ConfigDict):
     """Settings of the digits experiment.
 
     Parameters
@@ -69,6 +70,8 @@ class DigitsConfig:
     baselines
         Labelled-only classifiers to compare with (subset of ``("logistic", "mlp")``).
     """
+
+    what = "digits config"  # names it in from_dict's errors (a class attribute, not a field)
 
     labels_per_class: int | None = 10
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -119,19 +122,13 @@ class DigitsConfig:
         out["seeds"], out["baselines"] = list(self.seeds), list(self.baselines)
         return out
 
-    def replace(self, **changes: Any) -> DigitsConfig:
-        return dataclasses.replace(self, **changes)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DigitsConfig:
         """Rebuild a config from its dict form, rejecting unknown keys with a clear message.
 
         ``labels_per_class = "all"`` (as written in a TOML grid, which has no null) means ``None``.
         """
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"unknown digits config keys {unknown}; valid keys: {sorted(names)}")
+        cls.check_keys(data)
         data = dict(data)
         if data.get("labels_per_class") == "all":
             data["labels_per_class"] = None
