@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import os
 
-os.environ.setdefault("VAEFAIL_CPU_DEVICES", "1")  # before JAX starts: one device with one thread,
-os.environ.setdefault("VAEFAIL_XLA_THREADS", "1")  # as in a reproduce worker
+if __name__ == "__main__":  # before JAX starts (and not when imported, e.g. by a test):
+    os.environ.setdefault("VAEFAIL_CPU_DEVICES", "1")  # one device with one thread,
+    os.environ.setdefault("VAEFAIL_XLA_THREADS", "1")  # as in a reproduce worker
 
 import jax  # noqa: E402
 from rich.console import Console  # noqa: E402
