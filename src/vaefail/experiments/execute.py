@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 import socket
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -244,15 +245,20 @@ def _run_ray(todo: list[Job], run: Callable, address: str | None, workers: int):
             "--executor ray needs Ray: pip install 'vaefail[ray]'"
         ) from None
     env = {"env_vars": dict(WORKER_ENV)}
-    if address is None:  # a private local instance, on the loopback interface only
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, runtime_env=env,
-                 _node_ip_address="127.0.0.1")
-    else:
-        _check_reachable(address)
-        try:
-            ray.init(address=address, log_to_driver=False, runtime_env=env)
-        except Exception as err:  # Ray raises ConnectionError, RuntimeError, ValueError, ...
-            raise VaefailError(f"cannot connect to the Ray cluster at {address!r}: {err}") from None
+    with warnings.catch_warnings():
+        # Ray starts its local services with subprocess, whose fork is followed at once by exec: JAX's
+        # warning about forking a process that runs JAX (a deadlock risk for a child that goes on running
+        # Python) does not apply.
+        warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning)
+        if address is None:  # a private local instance, on the loopback interface only
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, runtime_env=env,
+                     _node_ip_address="127.0.0.1")
+        else:
+            _check_reachable(address)
+            try:
+                ray.init(address=address, log_to_driver=False, runtime_env=env)
+            except Exception as err:  # Ray raises ConnectionError, RuntimeError, ValueError, ...
+                raise VaefailError(f"cannot connect to the Ray cluster at {address!r}: {err}") from None
     try:
         remote = ray.remote(num_cpus=1)(run)
         pending = {remote.remote(spec): key for key, spec in todo}
