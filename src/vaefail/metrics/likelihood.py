@@ -101,12 +101,12 @@ def log_likelihood(
     layer: 10 MB at the defaults with width 50), whatever ``len(x)`` and ``num_samples`` are. Small
     chunks are also faster: activations that stay in cache (measured when the default was chosen, figure8
     K = 1, 2 cores, S = 5,000: ~1,100 points/s at ``point_chunk`` 50 or 100 against ~600-800 at 250 and
-    ~650 at 20; the estimates do not depend on ``point_chunk``; later changes roughly doubled every rate,
-    and ``python benchmarks/run.py`` measures today's). Measured with the earlier default 250 for 5,000
-    points x 10,000 samples (figure8, 2x50 MLP, with ``pareto_k``, 2 cores): resident memory rose by about
-    110 MB during the call (peak 540 MB for the whole process). Every chunk has the same shape (the last
-    point chunk is padded), so the function compiles at most twice (once more for a shorter last sample
-    chunk).
+    ~650 at 20; the estimates do not depend on ``point_chunk``; later changes made the default faster,
+    1,400-2,400 points/s, and ``python benchmarks/run.py`` measures today's rate). Measured with the
+    earlier default 250 for 5,000 points x 10,000 samples (figure8, 2x50 MLP, with ``pareto_k``, 2 cores):
+    resident memory rose by about 110 MB during the call (peak 540 MB for the whole process). Every chunk
+    has the same shape (the last point chunk is padded), so the function compiles at most twice (once more
+    for a shorter last sample chunk).
 
     Parameters
     ----------
