@@ -83,8 +83,7 @@ def _shape(fit: dict) -> tuple[str, int, int, int]:
     default = FitConfig()
     if (config.hidden_width, config.hidden_depth) != (default.hidden_width, default.hidden_depth):
         raise SystemExit("flop_floor.py measures the default 2 x 50 networks only")
-    samples = config.num_samples if config.objective == "iwae" else 1
-    return config.objective, samples, config.latent_dim, config.batch_size
+    return config.objective, config.train_samples, config.latent_dim, config.batch_size
 
 
 def main() -> None:

@@ -21,6 +21,9 @@ def test_protocol_configs_round_trip_derive_and_check_alike(cls):
     assert "what" not in config.to_dict()  # a class attribute, not a field
     assert (config.n_truth, cls(restarts=5).n_truth) == (1, 2)
     assert (config.split_seed, config.replace(data_seed=7).split_seed) == (3, 7)
+    iwae, vae = cls(objective="iwae", num_samples=7, eval_samples=4), cls(objective="vae", eval_samples=4)
+    assert (iwae.train_samples, iwae.eval_num_samples) == (7, 7)
+    assert (vae.train_samples, vae.eval_num_samples) == (1, 4)
     for bad, message in BAD:
         with pytest.raises(ConfigError, match=message):
             cls(**bad)

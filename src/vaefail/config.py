@@ -82,6 +82,17 @@ class RestartProtocol(ConfigDict):
         """Seed of the data splits: ``data_seed``, else ``seed``."""
         return self.seed if self.data_seed is None else self.data_seed
 
+    @property
+    def train_samples(self) -> int:
+        """Samples per point (and class, for M2) in training: ``S`` for IWAE, 1 for the VAE."""
+        return self.num_samples if self.objective == "iwae" else 1
+
+    @property
+    def eval_num_samples(self) -> int:
+        """Samples per point (and class) of the validation/test bound: ``S`` for IWAE, ``eval_samples``
+        for the VAE."""
+        return self.num_samples if self.objective == "iwae" else self.eval_samples
+
 
 @dataclass(frozen=True)
 class FitConfig(RestartProtocol):

@@ -408,10 +408,6 @@ def warm_start_encoder(
     ).model
 
 
-def _val_samples(config: FitConfig) -> int:
-    return config.num_samples if config.objective == "iwae" else config.eval_samples
-
-
 def fit_encoder(
     models: VAE, splits: Splits, config: FitConfig, key: jax.Array, *, steps: int,
     converge: bool = False, description: str = "fit encoder", progress: bool = False,
@@ -422,12 +418,12 @@ def fit_encoder(
     ``E_p(x)[KL(q_phi(z|x) || p_theta(z|x))]``.
     """
     k_train, k_score = jax.random.split(key)
-    loss = loss_fn(config.objective, _train_samples(config), config.dreg)
+    loss = loss_fn(config.objective, config.train_samples, config.dreg)
     return optimise(
         models, loss, _as_f32(splits.train.x), k_train, steps=steps,
         batch_size=config.batch_size, learning_rate=config.learning_rate,
         final_lr_factor=config.final_lr_factor, trainable=lambda m: m.encoder,
-        score=_score(config.objective, _val_samples(config)), score_data=(_as_f32(splits.val.x), k_score),
+        score=_score(config.objective, config.eval_num_samples), score_data=(_as_f32(splits.val.x), k_score),
         eval_every=config.eval_every, patience=config.patience, tol=config.tol,
         converge=converge, description=description, progress=progress,
     )
@@ -464,10 +460,6 @@ def truth_model(
         converge=config.converge, description="truth: best encoder", progress=progress,
     )
     return take(result.model, 0)
-
-
-def _train_samples(config: FitConfig) -> int:
-    return config.num_samples if config.objective == "iwae" else 1
 
 
 def _as_f32(x: np.ndarray) -> jax.Array:
@@ -517,10 +509,10 @@ def train_restarts(
         ).model
         models = concat(truth, take(models, slice(n_truth, None)))
     result = optimise(
-        models, loss_fn(config.objective, _train_samples(config), config.dreg),
+        models, loss_fn(config.objective, config.train_samples, config.dreg),
         _as_f32(splits.train.x), k_train, steps=config.steps, batch_size=config.batch_size,
         learning_rate=config.learning_rate, final_lr_factor=config.final_lr_factor,
-        score=_score(config.objective, _val_samples(config)), score_data=(_as_f32(splits.val.x), k_score),
+        score=_score(config.objective, config.eval_num_samples), score_data=(_as_f32(splits.val.x), k_score),
         eval_every=config.eval_every, patience=config.patience, tol=config.tol,
         converge=config.converge,
         description=f"{config.benchmark} {config.objective} K={config.latent_dim}",
@@ -556,7 +548,7 @@ def evaluate_bounds(
     split sizes (500, 1,000, 2,000), so every split reuses one compiled program.
     """
     params, static = eqx.partition(models, eqx.is_inexact_array)
-    score = _score(config.objective, _val_samples(config))
+    score = _score(config.objective, config.eval_num_samples)
     xs = _as_f32(x)
     totals = {"bound": 0.0, "elbo": 0.0}
     for i, start in enumerate(range(0, len(xs), chunk)):

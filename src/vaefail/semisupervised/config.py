@@ -103,13 +103,3 @@ class SemiSupervisedConfig(RestartProtocol):
             f"labelled_fraction must be in [0, 1], got {self.labelled_fraction!r}",
         )
         self.check_protocol()
-
-    @property
-    def train_samples(self) -> int:
-        """Samples per point and class in training: ``S`` for IWAE, 1 for the VAE."""
-        return self.num_samples if self.objective == "iwae" else 1
-
-    @property
-    def eval_num_samples(self) -> int:
-        """Samples per point and class for validation/test objectives."""
-        return self.num_samples if self.objective == "iwae" else self.eval_samples
