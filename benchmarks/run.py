@@ -1,6 +1,7 @@
 """Measured speed of vaefail, side by side with plain baselines: prints one table of times, rates and ratios.
 
-Usage: ``python benchmarks/run.py [--repeats R] [--reproduce all:quick table1:paper] [--no-baselines]``.
+Usage: ``python benchmarks/run.py [--repeats R] [--reproduce all:quick "table1:paper --repeats 1"]
+[--no-baselines]``.
 
 Rows (each the median of ``--repeats`` runs, on figure8 data):
 
@@ -14,8 +15,9 @@ Rows (each the median of ``--repeats`` runs, on figure8 data):
   IWAE S = 20;
 - the importance-sampled log-likelihood (5,000 samples per point): points per second and peak memory,
   beside the per-datapoint loop of ``benchmarks/loglik_baseline.py``;
-- with ``--reproduce``: wall time and peak memory of ``vaefail reproduce EXPERIMENT --preset PRESET`` into
-  a fresh store (``--cold-cache``: with an empty XLA compilation cache, as on a fresh machine).
+- with ``--reproduce``: wall time and peak memory of
+  ``vaefail reproduce EXPERIMENT --preset PRESET [OPTIONS]`` into a fresh store (``--cold-cache``: with an
+  empty XLA compilation cache, as on a fresh machine).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -77,19 +79,30 @@ def to_convergence(objective: str, samples: int) -> tuple[float, int]:
     return time.perf_counter() - t, int(result.summary["steps"])
 
 
-def reproduce_time(experiment: str, preset: str, cold_cache: bool) -> tuple[float, float]:
-    """Wall time (s) and peak RSS (MB, largest process) of `vaefail reproduce` into a fresh store."""
+#: Runs a command and prints the peak RSS (kB) of its largest process, the command's workers included.
+_PEAK_RSS = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
+             "stdout=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
+def reproduce_time(item: str, cold_cache: bool) -> tuple[float, float]:
+    """Wall time (s) and peak RSS (MB, largest process) of `vaefail reproduce` into a fresh store.
+
+    ``item`` is ``EXPERIMENT:PRESET`` followed by any further options of the command, e.g.
+    ``"table1:paper --repeats 1 --only sigma_mode=fixed"``.
+    """
+    target, *options = shlex.split(item)
+    experiment, _, preset = target.partition(":")
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ)
         if cold_cache:
             env["VAEFAIL_JAX_CACHE"] = str(Path(tmp) / "jax-cache")
-        cmd = [sys.executable, "-m", "vaefail.cli", "reproduce", experiment, "--preset", preset,
-               "--out", str(Path(tmp) / "store"), "--quiet"]
+        cmd = [sys.executable, "-m", "vaefail.cli", "reproduce", experiment, "--preset", preset or "quick",
+               *options, "--out", str(Path(tmp) / "store"), "--quiet"]
         t = time.perf_counter()
-        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+        done = subprocess.run([sys.executable, "-c", _PEAK_RSS, *cmd], check=True, env=env,
+                              capture_output=True, text=True)
         wall = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return wall, peak
+    return wall, int(done.stdout.split()[-1]) / 1024
 
 
 def _baselines() -> tuple[object, object] | None:
@@ -123,7 +136,8 @@ def main() -> None:
     parser.add_argument("--no-baselines", action="store_true", help="leave out the PyTorch baselines")
     parser.add_argument("--torch-steps", type=int, default=300, help="steps per restart of a timed torch run")
     parser.add_argument("--reproduce", nargs="*", default=[], metavar="EXPERIMENT:PRESET",
-                        help="also time `vaefail reproduce`, e.g. all:quick table1:paper")
+                        help="also time `vaefail reproduce`, e.g. all:quick table1:paper; further options "
+                             "of the command in the same (quoted) item: 'table1:paper --repeats 1'")
     parser.add_argument("--cold-cache", action="store_true",
                         help="time reproduce with an empty XLA compilation cache (a fresh machine)")
     args = parser.parse_args()
@@ -145,8 +159,8 @@ def main() -> None:
             other_rows.append(("figure8 fit, 10 restarts to convergence", f"{objective} S={samples}", "1",
                                f"{secs:.0f} s", "", "", "", "", f"wall time ({steps} steps)"))
     for item in args.reproduce:
+        wall, peak = reproduce_time(item, args.cold_cache)
         experiment, _, preset = item.partition(":")
-        wall, peak = reproduce_time(experiment, preset or "quick", args.cold_cache)
         cache = "cold" if args.cold_cache else "warm"
         other_rows.append((f"vaefail reproduce {experiment} --preset {preset or 'quick'} ({cache} XLA cache)",
                            "", "", f"{wall / 60:.1f} min", "", "", "", "",

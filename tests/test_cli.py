@@ -89,6 +89,9 @@ def test_fit_iwae_dreg(tmp_path):
         (["reproduce", "px", "--preset", "fast"], "unknown preset 'fast'"),
         (["reproduce", "px", "--executor", "dask"], "unknown executor 'dask'"),
         (["reproduce", "px", "--repeats", "0"], "repeats must be >= 1"),
+        (["reproduce", "table1", "--only", "sigma=fixed"], "Did you mean 'sigma_mode'"),
+        (["reproduce", "table1", "--only", "latent_dim=4"], "latent_dim takes 1, 2, 3"),
+        (["reproduce", "table1", "--only", "objective"], "KEY=VALUE"),
     ],
 )
 def test_bad_input_one_message_nonzero_exit(args, message):
@@ -109,3 +112,17 @@ def test_fit_refuses_to_overwrite_a_foreign_folder(tmp_path):
 def test_load_rejects_non_run(tmp_path):
     with pytest.raises(vaefail.VaefailError, match="not a vaefail run folder"):
         vaefail.load(tmp_path)
+
+
+def test_reproduce_only_runs_part_of_a_grid(tmp_path):
+    out = tmp_path / "part"
+    result = run("reproduce", "table1", "--preset", "smoke", "--repeats", "1", "--workers", "1", "--quiet",
+                 "--out", str(out), "--only", "benchmark=figure8", "--only", "objective=vae",
+                 "--only", "latent_dim=1,2", "--only", "sigma_mode=fixed")
+    assert result.exit_code == 0, result.output
+    assert "computed 2 new configurations" in result.output
+    table = pd.read_csv(out / "table1.csv")
+    assert sorted(table["latent_dim"]) == [1, 2] and set(table["objective"]) == {"vae"}
+    assert json.loads((out / "claims.json").read_text()) == []  # table1's claims need rows not run
+    assert ("--only benchmark=figure8 --only objective=vae --only latent_dim=1,2 --only sigma_mode=fixed"
+            in (out / "report.md").read_text())

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from vaefail.errors import ConfigError, StoreError, UnknownNameError, VaefailError
-from vaefail.experiments.grid import EXPERIMENTS, load_experiment, load_experiments
+from vaefail.experiments.grid import EXPERIMENTS, load_experiment, load_experiments, parse_only, select
 from vaefail.experiments.reproduce import reproduce, task_key
 from vaefail.experiments.store import ResultsStore, config_hash
 
@@ -41,6 +41,31 @@ def test_grid_errors():
         load_experiment("px", "fast")
     with pytest.raises(ConfigError, match="repeats must be >= 1"):
         load_experiment("px", "quick", repeats=0)
+
+
+def test_only_selects_part_of_a_grid():
+    paper = load_experiments("table1", "paper", repeats=1)
+    (fixed,) = select(paper, parse_only(["sigma_mode=fixed"]))
+    assert len(fixed.tasks) == 12 and sum(t.fit["restarts"] for t in fixed.tasks) == 120
+    assert all(not t.fit["learn_sigma"] for t in fixed.tasks)
+    (some,) = select(paper, parse_only(["latent_dim=1,3", "objective=iwae", "latent_dim=2"]))
+    assert sorted({t.labels["latent_dim"] for t in some.tasks}) == [1, 2, 3]
+    assert {t.labels["objective"] for t in some.tasks} == {"iwae"} and len(some.tasks) == 12
+    assert select(paper, {}) == paper
+    # strict: experiments whose configurations lack a label are left out
+    chosen = select(load_experiments("all", "quick"), parse_only(["latent_dim=1", "objective=vae"]))
+    assert {e.name for e in chosen} == {"table1", "px", "latent", "sigma", "sweep"}
+    labels = [t.labels for e in chosen for t in e.tasks]
+    assert all(la["latent_dim"] == 1 and la["objective"] == "vae" for la in labels)
+    with pytest.raises(UnknownNameError, match="unknown label .* 'sigma'.*Did you mean 'sigma_mode'"):
+        select(paper, parse_only(["sigma=fixed"]))
+    with pytest.raises(ConfigError, match="no configuration has sigma_mode=fix; .* takes fixed, learned"):
+        select(paper, parse_only(["sigma_mode=fix"]))
+    with pytest.raises(ConfigError, match="no configuration matches all of: benchmark=semicircle latent_d"):
+        select(load_experiments("all", "quick"), parse_only(["benchmark=semicircle", "latent_dim=1"]))
+    for bad in ("sigma_mode", "=fixed", "sigma_mode=", "sigma_mode=,"):
+        with pytest.raises(ConfigError, match="KEY=VALUE"):
+            parse_only([bad])
 
 
 def test_config_hash_is_canonical():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -24,3 +25,25 @@ def test_quick_start_commands_match_ci():
     ci = (README.parent / ".ci" / "run").read_text()
     assert commands[1].strip() in ci
     assert "vaefail reproduce all --preset quick" in commands[0]
+
+
+def test_reproduce_commands_select_configurations():
+    """Every `vaefail reproduce` line of the README parses, and its options select configurations
+    (the quick-preset ones also run, in test_report and test_reproduce_semisupervised)."""
+    from typer.main import get_command
+
+    from vaefail.cli import app
+    from vaefail.experiments.grid import load_experiments, parse_only, select
+
+    lines = re.findall(r"^(vaefail reproduce [^#\n]*)", README.read_text(), flags=re.M)
+    assert any("--only" in line for line in lines)
+    reproduce = get_command(app).commands["reproduce"]
+    for line in lines:
+        ctx = reproduce.make_context("reproduce", shlex.split(line)[2:])
+        p = ctx.params
+        experiments = load_experiments(p["experiment"], p["preset"], p["repeats"])
+        chosen = select(experiments, parse_only(p["only"] or []))
+        assert chosen and all(e.tasks for e in chosen), line
+        if p["only"]:  # the README says how many trainings the selection is
+            trainings = sum(t.fit["restarts"] for e in chosen for t in e.tasks)
+            assert re.search(rf"{re.escape(line.strip())}\s+# {trainings} trainings", README.read_text())

@@ -226,12 +226,16 @@ def reproduce_cmd(
     repeats: Annotated[int | None, typer.Option(help="Repetitions (overrides the preset).")] = None,
     workers: Annotated[int | None, typer.Option(help="Parallel worker processes (default: cores).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    only: Annotated[list[str] | None, typer.Option(
+        help="Run part of the grid: KEY=VALUE[,VALUE...] on a table label (benchmark, objective, "
+             "latent_dim, sigma_mode, ...); repeat for several keys.")] = None,
 ) -> None:
     """Reproduce the paper's experiments: tables, figures, claims.json and report.html under --out."""
+    from vaefail.experiments.grid import parse_only
     from vaefail.experiments.reproduce import reproduce
 
     result = reproduce(experiment, preset, out, executor=executor, address=address, repeats=repeats,
-                       workers=workers, progress=not quiet)
+                       workers=workers, progress=not quiet, only=parse_only(only or []))
     for name, table in result.tables.items():
         print_table(name, table)
     for claim in result.claims:

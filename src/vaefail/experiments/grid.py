@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import itertools
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
@@ -165,6 +166,54 @@ def load_experiments(name: str, preset: str = "quick", repeats: int | None = Non
     if name != "all" and name not in EXPERIMENTS:
         raise unknown_name("experiment", name, (*EXPERIMENTS, "all"))
     return [load_experiment(n, preset, repeats) for n in names]
+
+
+def parse_only(items: Iterable[str]) -> dict[str, set[str]]:
+    """``["sigma_mode=fixed", "latent_dim=1,2"]`` -> ``{"sigma_mode": {"fixed"}, "latent_dim": {"1", "2"}}``.
+
+    Each item is ``KEY=VALUE[,VALUE...]``; a key given twice keeps the values of both.
+    """
+    only: dict[str, set[str]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        wanted = {v.strip() for v in values.split(",") if v.strip()}
+        if not sep or not key.strip() or not wanted:
+            raise ConfigError(f"--only takes KEY=VALUE[,VALUE...], e.g. sigma_mode=fixed; got {item!r}")
+        only.setdefault(key.strip(), set()).update(wanted)
+    return only
+
+
+def select(experiments: list[Experiment], only: Mapping[str, Collection[str]]) -> list[Experiment]:
+    """The part of ``experiments`` whose configurations match ``only``: run part of a grid.
+
+    A task is kept when, for every key of ``only``, it has that table label (:data:`KIND_LABEL_KEYS`:
+    benchmark, objective, latent_dim, sigma_mode, ...) and its value, written as in the tables, is one of
+    the listed ones (``latent_dim`` ``"1"``, ``benchmark_params`` ``"sigma_eps=0.1 radius=2"``). Tasks
+    without the label are dropped, and so are experiments with no task left. Raises
+    :class:`~vaefail.errors.ConfigError` for a key no configuration has, a value none has, or a selection
+    that leaves nothing to run.
+    """
+    if not only:
+        return experiments
+    tasks = [t for e in experiments for t in e.tasks]
+    for key, values in only.items():
+        present = {str(t.labels[key]) for t in tasks if key in t.labels and key != "repeat"}
+        if not present:
+            keys = sorted({k for t in tasks for k in t.labels if k != "repeat"})
+            raise unknown_name("label (--only)", key, keys)
+        if missing := sorted(set(values) - present):
+            raise ConfigError(f"no configuration has {key}={', '.join(missing)}; "
+                              f"{key} takes {', '.join(sorted(present))}")
+
+    def keep(task: Task) -> bool:
+        return all(k in task.labels and str(task.labels[k]) in v for k, v in only.items())
+
+    chosen = [replace(e, tasks=[t for t in e.tasks if keep(t)]) for e in experiments]
+    chosen = [e for e in chosen if e.tasks]
+    if not chosen:
+        wanted = " ".join(f"{k}={','.join(sorted(v))}" for k, v in only.items())
+        raise ConfigError(f"no configuration matches all of: {wanted}")
+    return chosen
 
 
 def _label(value: Any) -> Any:

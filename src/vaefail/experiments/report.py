@@ -17,6 +17,7 @@ import base64
 import datetime as _dt
 import html
 import math
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,8 @@ class ReportFiles:
 
 
 def write_outputs(store: Any, experiments: list[Any], tables: dict[str, pd.DataFrame],
-                  claims: list[dict[str, Any]], *, preset: str) -> ReportFiles:
+                  claims: list[dict[str, Any]], *, preset: str,
+                  only: Mapping[str, Collection[str]] | None = None) -> ReportFiles:
     """Draw the figures and write ``report.html`` and ``report.md`` into the store's root folder.
 
     Parameters
@@ -133,6 +135,8 @@ def write_outputs(store: Any, experiments: list[Any], tables: dict[str, pd.DataF
         The evaluated claims (``claims.evaluate_claims``).
     preset
         The preset the experiments ran at (shown in the report and the command to reproduce it).
+    only
+        The part of the grids that was run (``vaefail reproduce --only``), if not all of it.
     """
     root = Path(store.root)
     figures, errors = make_figures(store, tables, root / "figures")
@@ -140,7 +144,7 @@ def write_outputs(store: Any, experiments: list[Any], tables: dict[str, pd.DataF
         title="vaefail: reproducing “Failure Modes of Variational Autoencoders”",
         date=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         preset=preset,
-        command=reproduce_command(experiments, tables, preset, root),
+        command=reproduce_command(experiments, tables, preset, root, only),
         experiments=experiments,
         tables=tables,
         figures=figures,
@@ -174,7 +178,7 @@ class _Context:
 
 
 def reproduce_command(experiments: list[Any], tables: dict[str, pd.DataFrame], preset: str,
-                      root: Path) -> str:
+                      root: Path, only: Mapping[str, Collection[str]] | None = None) -> str:
     """The ``vaefail reproduce`` command line(s) that recreate these results."""
     from vaefail.experiments.grid import EXPERIMENTS, load_grid
 
@@ -194,6 +198,8 @@ def reproduce_command(experiments: list[Any], tables: dict[str, pd.DataFrame], p
             default = -1
         if n != default:
             extra = f" --repeats {n}"
+    for key, values in (only or {}).items():
+        extra += f" --only {_shell_quote(key + '=' + ','.join(sorted(values)))}"
     return "\n".join(f"vaefail reproduce {t} --preset {preset} --out {_shell_quote(str(root))}{extra}"
                      for t in targets)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ import pandas as pd
 from vaefail._io import write_atomic
 from vaefail.errors import StoreError
 from vaefail.experiments.execute import check_executor, execute
-from vaefail.experiments.grid import Experiment, Task, load_experiments
+from vaefail.experiments.grid import Experiment, Task, load_experiments, select
 from vaefail.experiments.store import ResultsStore, config_hash
 from vaefail.experiments.tasks import run_task
 
@@ -46,13 +46,16 @@ def reproduce(
     workers: int | None = None,
     progress: bool = True,
     outputs: bool = True,
+    only: Mapping[str, Collection[str]] | None = None,
 ) -> Reproduction:
     """Run ``experiment`` (or ``"all"``) at ``preset`` into the store at ``out`` and write its outputs.
 
     Finished configurations already in the store are not recomputed, so an interrupted run resumes.
-    With ``outputs`` false, only the tables are built (no figures, claims or report).
+    With ``outputs`` false, only the tables are built (no figures, claims or report). ``only`` runs part
+    of the grid (:func:`vaefail.experiments.grid.select`, e.g. ``{"sigma_mode": ["fixed"]}``); the tables,
+    figures and claims then cover that part (a claim that needs rows not run is left out).
     """
-    experiments = load_experiments(experiment, preset, repeats)
+    experiments = select(load_experiments(experiment, preset, repeats), only or {})
     check_executor(executor, address)
     store = ResultsStore(out)
     jobs = [(task_key(t), t.spec()) for e in experiments for t in e.tasks]
@@ -68,7 +71,7 @@ def reproduce(
 
         claims = evaluate_claims(tables)
         write_atomic(store.root / "claims.json", json.dumps(claims, indent=2).encode())
-        write_outputs(store, experiments, tables, claims, preset=preset)
+        write_outputs(store, experiments, tables, claims, preset=preset, only=only)
     return Reproduction(store.root, experiments, tables, claims, computed)
 
 
