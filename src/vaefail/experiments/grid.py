@@ -196,11 +196,11 @@ def select(experiments: list[Experiment], only: Mapping[str, Collection[str]]) -
     if not only:
         return experiments
     tasks = [t for e in experiments for t in e.tasks]
+    labels = {k for t in tasks for k in t.labels} - {"repeat"}
     for key, values in only.items():
-        present = {str(t.labels[key]) for t in tasks if key in t.labels and key != "repeat"}
-        if not present:
-            keys = sorted({k for t in tasks for k in t.labels if k != "repeat"})
-            raise unknown_name("label (--only)", key, keys)
+        if key not in labels:
+            raise unknown_name("label (--only)", key, labels)
+        present = {str(t.labels[key]) for t in tasks if key in t.labels}
         if missing := sorted(set(values) - present):
             raise ConfigError(f"no configuration has {key}={', '.join(missing)}; "
                               f"{key} takes {', '.join(sorted(present))}")
