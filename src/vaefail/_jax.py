@@ -10,7 +10,8 @@ XLA gives a process one CPU device, and the stacked restarts of a fit run on it 
 the second core mostly idles (one process with two XLA threads did no more than one thread, DESIGN.md).
 With one CPU device per core, :func:`vaefail.training.optimise` shards the restart axis across the
 devices, so each core trains its share of the restarts (measured on 2 cores: IWAE S = 20, 10 restarts,
-1,351 -> 2,288 restart-steps/s), and :func:`vaefail.metrics.log_likelihood` splits each chunk of points.
+1,351 -> 2,288 restart-steps/s). (:func:`vaefail.metrics.log_likelihood` does not split: its chunks ran
+faster on one device with XLA's whole thread pool.)
 ``$VAEFAIL_CPU_DEVICES`` sets the count (the reproduce workers use 1: they are already one process per
 core); a count set through ``XLA_FLAGS`` or after JAX has started is left alone.
 

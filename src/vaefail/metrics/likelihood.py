@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vaefail._jax import leading_axis_shardings, put_arrays
+from vaefail._jax import put_arrays
 from vaefail.errors import ConfigError, require
 from vaefail.metrics._stats import check_x
 from vaefail.metrics.pareto import TopTracker
@@ -164,21 +164,21 @@ def _log_weight_chunks(
 ) -> Iterator[tuple[slice, np.ndarray]]:
     """Yield ``(rows, log_w)`` with ``log_w`` float64 of shape ``(rows, s)`` over all chunks.
 
-    A chunk's points are split across the process's CPU devices when they divide evenly (one device per
-    core, :mod:`vaefail._jax`), and the next chunk is dispatched before the current one is handed to the
-    caller, so that the host's float64 reductions could overlap the next chunk's log-weights. On XLA:CPU
-    (jax 0.10) the call returns only when the chunk is done, so they do not (measured: 200 calls took
-    2.25 ms each with or without waiting for the results; the host's share is 10-20%). Every input of a call
-    (points, key, offset) is made on the host beforehand: an eager JAX op (slicing, ``fold_in``) would
+    Chunks run on the process's first CPU device, which has XLA's whole thread pool (one thread per core)
+    for its operations. Splitting each chunk's points across one device per core (:mod:`vaefail._jax`)
+    was slower: measured on 2 cores, figure8, S = 5,000, 2,000 points, five interleaved rounds, 2,970
+    points/s split against 3,838 on one device (medians; the estimates differ by at most 2e-6 nats, float32
+    rounding in a differently partitioned program). The next chunk is dispatched before the current one is
+    handed to the caller, so that the host's float64 reductions could overlap it; on XLA:CPU (jax 0.10) the
+    call returns only when the chunk is done, so they do not (the host's share is 10-20%). Every input of a
+    call (points, key, offset) is made on the host beforehand: an eager JAX op (slicing, ``fold_in``) would
     queue behind the running chunk, and the dispatch of the next one would wait for it (measured: 1,400
     -> 2,100 points/s on 2 cores, figure8, S = 5,000).
     """
     n = xs.shape[0]
     sample_chunk = min(sample_chunk, num_samples)
     point_chunk = min(point_chunk, n)
-    split, replicated = leading_axis_shardings(point_chunk)
-    if split is not None:
-        model = put_arrays(model, replicated)
+    model = put_arrays(model, jax.devices()[0])  # a restart taken from a split fit may live elsewhere
     starts = range(0, num_samples, sample_chunk)
     chunk_keys = [jax.random.fold_in(key, c) for c in range(len(starts))]  # all before the first call
     padded = np.concatenate([xs, np.broadcast_to(xs[-1:], (-n % point_chunk, xs.shape[1]))])  # one shape
@@ -190,9 +190,7 @@ def _log_weight_chunks(
     for c, start in enumerate(starts):
         s = min(sample_chunk, num_samples - start)
         for p in range(0, n, point_chunk):
-            xc = padded[p : p + point_chunk]
-            xc = xc if split is None else jax.device_put(xc, split)
-            lw = _log_weights(model, xc, chunk_keys[c], s, np.int32(p))
+            lw = _log_weights(model, padded[p : p + point_chunk], chunk_keys[c], s, np.int32(p))
             if pending is not None:
                 yield to_host(*pending)
             pending = (slice(p, min(p + point_chunk, n)), lw)
