@@ -103,7 +103,7 @@ def leading_axis_shardings(n: int) -> tuple[Any, Any]:
 
     ``(None, None)`` with one device, or when ``n`` does not divide evenly among the devices (each device
     must get the same share). jit partitions a computation whose inputs are split this way, so with one
-    CPU device per core each core computes its share (independent restarts, independent data points).
+    CPU device per core each core computes its share (the independent restarts of a fit).
     """
     devices = jax.devices()
     if len(devices) < 2 or n % len(devices):
