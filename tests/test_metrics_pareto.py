@@ -63,6 +63,9 @@ def test_tail_length_follows_psis_rule():
 
 def test_equal_weights_give_minus_infinity_and_shift_invariance():
     assert khat_from_top(np.zeros((2, 10)))[0] == -np.inf
+    rounding = np.log1p(np.linspace(0.0, 5e-6, 10))[None, :]  # float32 rounding of the log-weights
+    assert khat_from_top(rounding)[0] == -np.inf
+    assert np.isfinite(khat_from_top(np.log1p(np.linspace(0.0, 1e-3, 10))[None, :])[0])  # a real spread
     rng = np.random.default_rng(3)
     lw = rng.normal(size=(3, 500))
     np.testing.assert_allclose(pareto_khat(lw + 123.0), pareto_khat(lw), rtol=1e-9)
