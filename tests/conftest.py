@@ -8,8 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import vaefail
 from vaefail.benchmarks import get_benchmark
 from vaefail.models import TrueDecoder, make_vae
+
+# The tests run with the settings of the `vaefail` command (compilation cache, one CPU device per core).
+vaefail.configure()
 
 
 def exact_linear_vae(bench=None):

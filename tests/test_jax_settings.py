@@ -1,18 +1,22 @@
-"""JAX settings applied on import (:mod:`vaefail._jax`): the unrolled Threefry lowering on CPU."""
+"""JAX settings of :func:`vaefail.configure` (never applied on import): the unrolled Threefry lowering on CPU."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from functools import partial
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax._src.random import threefry2x32 as threefry
 
-import vaefail  # noqa: F401  (applies the settings)
+import vaefail
+
+vaefail.configure()
 
 
 def test_threefry_is_unrolled_on_cpu():
@@ -40,6 +44,7 @@ _DRAWS = """
 import json, sys, jax
 if sys.argv[1] == "vaefail":
     import vaefail
+    vaefail.configure()
 key = jax.random.PRNGKey(20200714)
 k1, k2 = jax.random.split(key)
 rolled = "while" in jax.jit(lambda k: jax.random.bits(k, (8,))).lower(key).as_text()
@@ -54,3 +59,17 @@ def test_draws_are_those_of_plain_jax():
                                              text=True, check=True).stdout) for which in ("plain", "vaefail"))
     assert plain[0] and not ours[0]  # JAX's rolled CPU loop there, the unrolled hash here
     assert plain[1:] == ours[1:]
+
+
+def test_import_changes_no_jax_setting():
+    """``import vaefail`` leaves JAX's defaults (no cache, one CPU device); :func:`vaefail.configure` sets them."""
+    env = {**os.environ, "VAEFAIL_JAX_CACHE": str(Path.home() / ".cache" / "vaefail" / "jax")}
+    env.pop("XLA_FLAGS", None)
+
+    def run(code: str) -> str:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env=env).stdout.strip()
+
+    assert run("import jax, vaefail; print(jax.config.jax_compilation_cache_dir, jax.device_count())") == "None 1"
+    assert run("import jax, vaefail; vaefail.configure(cpu_devices=2); "
+               "print(jax.config.jax_compilation_cache_dir is not None, jax.device_count())") == "True 2"

@@ -4,7 +4,7 @@ Implements Yacoby, Pan & Doshi-Velez (2020), "Failure Modes of Variational Autoe
 Effects on Downstream Tasks" (arXiv:2007.07124).
 """
 
-from vaefail import _jax
+from vaefail._jax import configure
 from vaefail.api import fit, fit_config
 from vaefail.benchmarks import get_benchmark, list_benchmarks
 from vaefail.config import FitConfig
@@ -13,14 +13,13 @@ from vaefail.results import FitResult
 
 __version__ = "0.1.0"
 
-_jax.configure()
-
 load = FitResult.load
 
 __all__ = [
     "FitConfig",
     "FitResult",
     "VaefailError",
+    "configure",
     "fit",
     "fit_config",
     "get_benchmark",

@@ -1,4 +1,9 @@
-"""JAX settings vaefail applies on import: a persistent compilation cache and one CPU device per core.
+"""JAX settings for fast runs, applied by :func:`configure` (never on import): a persistent compilation
+cache, one CPU device per core, the unrolled Threefry lowering and the XLA thread count.
+
+``import vaefail`` changes no JAX setting, so a notebook keeps its own JAX set-up; the ``vaefail`` command
+and the reproduce workers call :func:`configure` first. Call it yourself, before any JAX computation, to
+get the same speed from the Python API.
 
 Compiling the fused training loops takes seconds per configuration, often longer than training a small
 one; XLA's persistent cache makes every later process (tests, sweep workers, reruns) reuse compiled
@@ -43,13 +48,40 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def configure() -> None:
-    """Enable the persistent compilation cache, one CPU device per core and the unrolled Threefry
-    lowering, and apply ``$VAEFAIL_XLA_THREADS`` (see the module docstring)."""
-    _configure_devices()
-    _configure_cache()
-    _configure_threefry()
-    _configure_threads()  # last: it starts the backend
+def configure(
+    *,
+    compilation_cache: bool = True,
+    cpu_devices: int | None = None,
+    xla_threads: int | None = None,
+    unrolled_threefry: bool = True,
+) -> None:
+    """Apply vaefail's JAX settings to this process (call it before any JAX computation).
+
+    Parameters
+    ----------
+    compilation_cache
+        Use XLA's persistent compilation cache in ``$VAEFAIL_JAX_CACHE`` (default
+        ``~/.cache/vaefail/jax``; ``off`` disables it). A cache directory already set in JAX is kept.
+    cpu_devices
+        Number of CPU devices (default ``$VAEFAIL_CPU_DEVICES``, else one per core the process may run on).
+        Training splits a fit's restarts across them. Ignored once JAX has started, or when the count is
+        set through ``XLA_FLAGS`` or ``jax_num_cpu_devices``.
+    xla_threads
+        Size of XLA's CPU thread pool (default ``$VAEFAIL_XLA_THREADS``, else XLA's own: one per core).
+        Starts JAX's CPU backend.
+    unrolled_threefry
+        Lower the Threefry hash unrolled on CPU too: the same random numbers, compiled and drawn faster.
+
+    Notes
+    -----
+    Idempotent: calling it again changes nothing that is already set.
+    """
+    _configure_devices(cpu_devices)
+    if compilation_cache:
+        _configure_cache()
+    if unrolled_threefry:
+        _configure_threefry()
+    _configure_threads(xla_threads)  # last: it starts the backend
 
 
 def _configure_cache() -> None:
@@ -78,13 +110,14 @@ def _configure_threefry() -> None:
         pass
 
 
-def _configure_devices() -> None:
+def _configure_devices(count_wanted: int | None = None) -> None:
     if jax.config.jax_num_cpu_devices != -1 or "xla_force_host_platform_device_count" in os.environ.get(
         "XLA_FLAGS", ""
     ):
         return  # the user chose
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    wanted = os.environ.get("VAEFAIL_CPU_DEVICES", "").strip()
+    wanted = str(count_wanted) if count_wanted is not None else os.environ.get("VAEFAIL_CPU_DEVICES", "")
+    wanted = wanted.strip()
     if wanted:
         if wanted.isdigit() and int(wanted) >= 1:
             count = int(wanted)
@@ -140,8 +173,8 @@ def materialise(a: jax.Array, width: int = 16) -> jax.Array:
     return jnp.matmul(a.reshape(-1, m), eye, precision=jax.lax.Precision.HIGHEST).reshape(a.shape)
 
 
-def _configure_threads() -> None:
-    wanted = os.environ.get("VAEFAIL_XLA_THREADS", "").strip()
+def _configure_threads(threads: int | None = None) -> None:
+    wanted = str(threads) if threads is not None else os.environ.get("VAEFAIL_XLA_THREADS", "").strip()
     if not wanted or not hasattr(os, "sched_setaffinity"):
         return
     allowed = os.sched_getaffinity(0)

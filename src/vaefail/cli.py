@@ -265,7 +265,10 @@ def print_table(name: str, frame: Any) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: applies vaefail's JAX settings (:func:`vaefail.configure`), then runs."""
+    from vaefail._jax import configure
+
+    configure()
     try:
         app()
     except BrokenPipeError:  # e.g. `vaefail benchmarks | head`

@@ -22,6 +22,7 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from vaefail._jax import configure
 from vaefail.errors import ConfigError, VaefailError, unknown_name
 from vaefail.experiments.store import ResultsStore
 
@@ -219,7 +220,14 @@ def _run_pool(todo: list[Job], run: Callable, workers: int) -> Iterator[tuple[st
 
 
 def _run_reporting_pid(run: Callable, spec: dict[str, Any]) -> tuple[int, dict[str, bytes]]:
-    return os.getpid(), run(spec)
+    return os.getpid(), _run_configured(run, spec)
+
+
+def _run_configured(run: Callable, spec: dict[str, Any]) -> dict[str, bytes]:
+    """``run(spec)`` in a worker process, after applying vaefail's JAX settings (:func:`vaefail.configure`,
+    which reads :data:`WORKER_ENV`)."""
+    configure()
+    return run(spec)
 
 
 def _stop_workers(pool: cf.ProcessPoolExecutor) -> None:
@@ -260,8 +268,8 @@ def _run_ray(todo: list[Job], run: Callable, address: str | None, workers: int):
             except Exception as err:  # Ray raises ConnectionError, RuntimeError, ValueError, ...
                 raise VaefailError(f"cannot connect to the Ray cluster at {address!r}: {err}") from None
     try:
-        remote = ray.remote(num_cpus=1)(run)
-        pending = {remote.remote(spec): key for key, spec in todo}
+        remote = ray.remote(num_cpus=1)(_run_configured)
+        pending = {remote.remote(run, spec): key for key, spec in todo}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
