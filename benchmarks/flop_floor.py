@@ -42,8 +42,9 @@ from run import restart_steps_per_second  # noqa: E402  (benchmarks/run.py, besi
 from vaefail.benchmarks import get_benchmark  # noqa: E402
 from vaefail.config import FitConfig  # noqa: E402
 from vaefail.experiments.grid import EXPERIMENTS, PRESETS, load_experiments  # noqa: E402
+from vaefail.mfg import init_models  # noqa: E402
 from vaefail.objectives import loss_fn  # noqa: E402
-from vaefail.training import init_models, take  # noqa: E402
+from vaefail.stacking import take  # noqa: E402
 
 
 def matmul_gflops(rows: int, width: int, repeats: int = 3) -> float:

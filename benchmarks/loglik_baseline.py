@@ -121,8 +121,10 @@ def fit_vaefail_model(latent_dim: int = 1, steps: int = 3000, seed: int = 0):
 
     from vaefail.benchmarks import get_benchmark
     from vaefail.config import FitConfig
+    from vaefail.mfg import init_models
     from vaefail.objectives import loss_fn
-    from vaefail.training import init_models, optimise, take
+    from vaefail.stacking import take
+    from vaefail.training import optimise
 
     bench = get_benchmark("figure8")
     models = init_models(FitConfig(restarts=1, latent_dim=latent_dim), bench, [jax.random.PRNGKey(seed)])

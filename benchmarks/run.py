@@ -42,8 +42,9 @@ from rich.table import Table
 import vaefail
 from vaefail.benchmarks import get_benchmark
 from vaefail.config import FitConfig
+from vaefail.mfg import init_models
 from vaefail.objectives import loss_fn
-from vaefail.training import init_models, optimise
+from vaefail.training import optimise
 
 HERE = Path(__file__).resolve().parent
 #: (objective, S) rows of the throughput table.

@@ -1,4 +1,4 @@
-"""JAX settings of :func:`vaefail.configure` (never applied on import): the unrolled Threefry lowering on CPU."""
+"""JAX settings of :func:`vaefail.configure` (never applied on import): the unrolled Threefry lowering."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def test_draws_are_those_of_plain_jax():
 
 
 def test_import_changes_no_jax_setting():
-    """``import vaefail`` leaves JAX's defaults (no cache, one CPU device); :func:`vaefail.configure` sets them."""
+    """``import vaefail`` leaves JAX's defaults (no cache, one device); ``vaefail.configure`` sets them."""
     env = {**os.environ, "VAEFAIL_JAX_CACHE": str(Path.home() / ".cache" / "vaefail" / "jax")}
     env.pop("XLA_FLAGS", None)
 
@@ -70,6 +70,7 @@ def test_import_changes_no_jax_setting():
         return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                               env=env).stdout.strip()
 
-    assert run("import jax, vaefail; print(jax.config.jax_compilation_cache_dir, jax.device_count())") == "None 1"
+    plain = run("import jax, vaefail; print(jax.config.jax_compilation_cache_dir, jax.device_count())")
+    assert plain == "None 1"
     assert run("import jax, vaefail; vaefail.configure(cpu_devices=2); "
                "print(jax.config.jax_compilation_cache_dir is not None, jax.device_count())") == "True 2"

@@ -13,9 +13,9 @@ import vaefail
 from vaefail.errors import ConfigError, StoreError
 from vaefail.metrics import evaluate_run, evaluation_table
 from vaefail.metrics.evaluate import _truth_section
+from vaefail.mfg import init_models
 from vaefail.models import TrueDecoder, make_vae
 from vaefail.results import FitResult
-from vaefail.training import init_models
 
 SMALL = {"steps": 500, "n_train": 500, "n_val": 200, "n_test": 300, "converge": False}
 

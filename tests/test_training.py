@@ -17,8 +17,11 @@ import vaefail
 from vaefail.benchmarks import get_benchmark
 from vaefail.config import FitConfig
 from vaefail.metrics import log_likelihood
+from vaefail.mfg import MFG, init_models
 from vaefail.objectives import loss_fn
-from vaefail.training import fit_decoder_to_truth, init_models, optimise, stack, take
+from vaefail.protocol import fit_decoder_to_truth
+from vaefail.stacking import stack, take
+from vaefail.training import optimise
 
 TINY = dict(restarts=2, steps=400, init_steps=200, eval_every=200, n_train=500, n_val=200,
             n_test=200, converge=False)
@@ -37,7 +40,7 @@ def test_truth_initialised_decoder_matches_f_gt(name, rms_tol, median_tol):
     bench = get_benchmark(name)
     config = FitConfig(benchmark=name, restarts=2)
     models = init_models(config, bench, list(jax.random.split(jax.random.PRNGKey(0), 2)))
-    fitted = fit_decoder_to_truth(models, bench, jax.random.PRNGKey(1), steps=config.init_steps)
+    fitted = fit_decoder_to_truth(MFG, models, bench, jax.random.PRNGKey(1), steps=config.init_steps)
     z = jax.random.normal(jax.random.PRNGKey(2), (4000, 1))
     target = jax.vmap(bench.f_gt)(z)
     for r in range(2):
@@ -106,6 +109,7 @@ def test_restarts_run_in_pairs_on_one_device_without_changing_the_fit():
 
 _FIT_ON_DEVICES = """
 import json, jax, vaefail
+vaefail.configure()
 from vaefail._jax import leading_axis_shardings
 res = vaefail.fit("linear", seed=3, restarts=4, truth_restarts=0, steps=50, init_steps=50, eval_every=50,
                   n_train=500, n_val=200, n_test=200, converge=False)

@@ -1,18 +1,14 @@
-"""The one-call Python API: :func:`fit`."""
+"""The one-call Python API: :func:`fit` (the MFG-VAE / IWAE family with the restart protocol)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import jax
-import numpy as np
-import pandas as pd
-
 from vaefail.benchmarks import Benchmark, get_benchmark
 from vaefail.config import FitConfig
-from vaefail.errors import ConfigError, VaefailError
+from vaefail.mfg import MFG
+from vaefail.protocol import fit_family
 from vaefail.results import FitResult
-from vaefail.training import evaluate_bounds, stack, train_restarts, truth_model
 
 
 def fit(
@@ -71,54 +67,7 @@ def fit_config(
     config: FitConfig, benchmark: Benchmark | None = None, *, truth: bool = False,
     progress: bool = False,
 ) -> FitResult:
-    """:func:`fit` from a :class:`FitConfig`."""
+    """:func:`fit` from a :class:`FitConfig` (:func:`vaefail.protocol.fit_family` of the MFG family)."""
     if benchmark is None:
         benchmark = get_benchmark(config.benchmark, **config.benchmark_params)
-    if benchmark.labelled:
-        raise ConfigError(
-            f"{benchmark.name!r} is a labelled benchmark: fit it with "
-            "vaefail.semisupervised.run_semisupervised, not the unsupervised fit"
-        )
-    splits = benchmark.splits(config.n_train, config.n_val, config.n_test, seed=config.split_seed)
-    outcome = train_restarts(benchmark, splits, config, progress=progress)
-    eval_key = jax.random.PRNGKey(config.seed + 1_000_003)
-    # the train bound is a diagnostic (over-fitting); its first 2,000 points are plenty for that
-    bounds = {
-        part: evaluate_bounds(outcome.models, getattr(splits, part).x[:limit], config, eval_key)
-        for part, limit in (("train", 2000), ("val", None), ("test", None))
-    }
-    ok = ~outcome.diverged & np.isfinite(bounds["val"]["bound"])
-    if not ok.any():
-        raise VaefailError(
-            "every restart diverged (NaN/inf); try a smaller --learning-rate or a larger sigma_eps"
-        )
-    selected = int(np.argmax(np.where(ok, bounds["val"]["bound"], -np.inf)))
-    sigma = np.exp(np.asarray(outcome.models.log_sigma, dtype=np.float64))
-    table = pd.DataFrame(
-        {
-            "restart": np.arange(config.restarts),
-            "start": outcome.start,
-            "status": np.where(ok, "ok", "diverged"),
-            "steps": outcome.steps,
-            "train_bound": bounds["train"]["bound"],
-            "val_bound": bounds["val"]["bound"],
-            "test_bound": bounds["test"]["bound"],
-            "test_elbo": bounds["test"]["elbo"],
-            "sigma_eps": sigma,
-            "selected": np.arange(config.restarts) == selected,
-        }
-    )
-    summary: dict[str, Any] = {
-        "selected": selected,
-        "start": outcome.start[selected],
-        "steps": outcome.steps,
-        "test_bound": float(bounds["test"]["bound"][selected]),
-        "test_elbo": float(bounds["test"]["elbo"][selected]),
-        "test_log_prob_true": float(np.mean(benchmark.log_prob(splits.test.x))),
-    }
-    if truth:
-        model = truth_model(benchmark, splits, config, jax.random.PRNGKey(config.seed + 7), progress=progress)
-        tb = evaluate_bounds(stack([model]), splits.test.x, config, eval_key)
-        summary["truth_test_bound"] = float(tb["bound"][0])
-        summary["truth_test_elbo"] = float(tb["elbo"][0])
-    return FitResult(config, outcome.models, table, selected, summary)
+    return fit_family(MFG, config, benchmark, truth=truth, progress=progress)

@@ -7,8 +7,8 @@ better); training minimises the *negative mean* bound over a mini-batch.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import equinox as eqx
@@ -184,39 +184,68 @@ def _stop_decoder(model: VAE) -> VAE:
     )
 
 
-@functools.cache
-def bound_fn(objective: str, num_samples: int = 1) -> Callable[[VAE, jax.Array, jax.Array], BoundRecord]:
-    """The per-point bound of ``objective``: ``"vae"`` -> :func:`elbo`, ``"iwae"`` -> :func:`iwae`.
+@dataclass(frozen=True)
+class Objective:
+    """A training objective as a small hashable value. Calling it gives the training loss (:meth:`loss`);
+    equal options give equal objects, so a jitted program that takes it as a static argument
+    (:func:`vaefail.training.optimise`) is compiled once per option set.
 
-    Cached: the same arguments return the same function object, so jitted code built on it is reused.
+    Parameters
+    ----------
+    name
+        ``"vae"`` (:func:`elbo`, analytic KL) or ``"iwae"`` (:func:`iwae`).
+    num_samples
+        Samples ``S`` per point of :meth:`bound` (Monte-Carlo samples of the ELBO's reconstruction term, or
+        the IWAE's importance samples).
+    dreg
+        Train with the doubly-reparameterised gradient (:func:`iwae_dreg_surrogate`; ``"iwae"`` only).
     """
-    check_objective(objective, num_samples)
-    if objective == "vae":
-        return lambda model, x, key: elbo(model, x, key, num_samples)
-    return lambda model, x, key: iwae(model, x, key, num_samples)
 
+    name: str = "vae"
+    num_samples: int = 1
+    dreg: bool = False
 
-@functools.cache
-def loss_fn(
-    objective: str, num_samples: int = 1, dreg: bool = False
-) -> Callable[[VAE, jax.Array, jax.Array], tuple[jax.Array, BoundRecord]]:
-    """Training loss ``-(1/n) sum_i bound(x_i)`` (or the DReG surrogate) with the record as aux output."""
-    check_objective(objective, num_samples)
-    require(not dreg or objective == "iwae", "DReG gradients apply to the 'iwae' objective only")
-    if dreg:
+    def __post_init__(self) -> None:
+        check_objective(self.name, self.num_samples)
+        require(not self.dreg or self.name == "iwae", "DReG gradients apply to the 'iwae' objective only")
 
-        def dreg_loss(model, x, key):
-            surrogate, record = iwae_dreg_surrogate(model, x, key, num_samples)
+    def bound(self, model: VAE, x: jax.Array, key: jax.Array) -> BoundRecord:
+        """The per-point bound: :func:`elbo` or :func:`iwae` with ``num_samples`` samples."""
+        if self.name == "vae":
+            return elbo(model, x, key, self.num_samples)
+        return iwae(model, x, key, self.num_samples)
+
+    def loss(self, model: VAE, x: jax.Array, key: jax.Array) -> tuple[jax.Array, BoundRecord]:
+        """Training loss ``-(1/n) sum_i bound(x_i)`` (or minus the DReG surrogate), with the record."""
+        if self.dreg:
+            surrogate, record = iwae_dreg_surrogate(model, x, key, self.num_samples)
             return -surrogate, record
-
-        return dreg_loss
-    bound = bound_fn(objective, num_samples)
-
-    def loss(model, x, key):
-        record = bound(model, x, key)
+        record = self.bound(model, x, key)
         return -jnp.mean(record.bound), record
 
-    return loss
+    __call__ = loss
+
+
+@dataclass(frozen=True)
+class MeanBound:
+    """The validation score of an objective, a hashable value: ``score(model, (x, key))`` is the mean over
+    the rows of ``x`` of the per-point bound (a fixed key makes it deterministic; higher is better)."""
+
+    objective: Objective
+
+    def __call__(self, model: VAE, data: tuple[jax.Array, jax.Array]) -> jax.Array:
+        return jnp.mean(self.objective.bound(model, data[0], data[1]).bound)
+
+
+def bound_fn(objective: str, num_samples: int = 1) -> Callable[[VAE, jax.Array, jax.Array], BoundRecord]:
+    """The per-point bound of ``objective`` (:meth:`Objective.bound`)."""
+    return Objective(objective, num_samples).bound
+
+
+def loss_fn(objective: str, num_samples: int = 1, dreg: bool = False) -> Objective:
+    """The training loss ``-(1/n) sum_i bound(x_i)`` (or the DReG surrogate), with the record as aux output:
+    the :class:`Objective` itself, which is called as its :meth:`~Objective.loss`."""
+    return Objective(objective, num_samples, dreg)
 
 
 def check_objective(objective: str, num_samples: int) -> None:

@@ -1,12 +1,15 @@
-"""A fitted result (selected model + every restart's record) and its on-disk run folder.
+"""The one result type of every model family (selected model + every restart's record) and its run folder.
 
-A run folder holds ``config.json`` (the full :class:`FitConfig`, the format version and the selected
-restart), ``models.eqx`` (the parameters of every restart, stacked), ``restarts.csv`` (one row per restart)
-and ``summary.json``. Folders are written atomically: into a temporary sibling, then renamed.
+A run folder holds ``config.json`` (the format version, the model family as ``module:qualname``, the
+selected restart and the full config), ``models.eqx`` (the parameters of every restart, stacked),
+``restarts.csv`` (one row per restart) and ``summary.json``. Folders are written atomically: into a
+temporary sibling, then renamed. :meth:`FitResult.load` asks the recorded family for the models' skeleton,
+so a new family needs no change here.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import os
@@ -20,44 +23,76 @@ import equinox as eqx
 import jax
 import pandas as pd
 
-from vaefail.benchmarks import Benchmark, Splits, get_benchmark
-from vaefail.config import FitConfig
+from vaefail.benchmarks import Benchmark, get_benchmark
 from vaefail.errors import StoreError, VaefailError
-from vaefail.models import VAE
-from vaefail.training import init_models, take
+from vaefail.stacking import take
 
-RUN_FORMAT = "vaefail-run/2"  # 2: VAE.learn_sigma became an array leaf of models.eqx
+#: 3: one format for every family, recorded as ``module:qualname`` (2 and M2's 1 are still read).
+RUN_FORMAT = "vaefail-run/3"
 RUN_FILES = ("config.json", "models.eqx", "restarts.csv", "summary.json")
+#: Families of the older formats, which did not record theirs.
+_OLD_FORMATS = {
+    "vaefail-run/2": "vaefail.mfg:MFGFamily",
+    "vaefail-m2-run/1": "vaefail.semisupervised.family:M2Family",
+}
+_DEFAULT_FAMILY = "vaefail.mfg:MFGFamily"
+
+
+def family_path(family: Any) -> str:
+    """``module:qualname`` of a family's class, as recorded in a run folder."""
+    cls = type(family)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def family_from_path(path: str) -> Any:
+    """The family recorded as ``module:qualname`` (imported by name: a family is any importable class)."""
+    module, _, qualname = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as err:
+        raise StoreError(f"unknown model family {path!r}: {err}") from None
+    return obj()
 
 
 @dataclass
 class FitResult:
-    """The outcome of :func:`vaefail.fit`.
+    """The outcome of a fit with the restart protocol (:func:`vaefail.fit`,
+    :func:`vaefail.semisupervised.fit_semisupervised`, :func:`vaefail.protocol.fit_family`).
 
     Attributes
     ----------
     config
         The configuration that produced it.
     models
-        Every restart's model, stacked along a leading restart axis (see :func:`vaefail.training.take`).
+        Every restart's model, stacked along a leading restart axis (see :func:`vaefail.stacking.take`).
     restarts
-        One row per restart: ``restart, start (truth|random), status (ok|diverged), steps,
-        train_bound (first 2,000 training points), val_bound, test_bound, test_elbo, sigma_eps, selected``.
-        Bounds are means over points of the per-point bound, in nats (higher is better).
+        One row per restart: ``restart, start (truth|random), status (ok|diverged), steps``, the family's
+        columns and ``selected``. For the MFG-VAE: ``train_bound`` (first 2,000 training points),
+        ``val_bound, test_bound, test_elbo, sigma_eps``; bounds are means over points of the per-point bound,
+        in nats (higher is better).
     selected
-        Index of the selected restart (best validation bound among those that did not diverge).
+        Index of the selected restart (best validation score among those that did not diverge).
     summary
         Scalar results of the selected model (and of the ground-truth model, when computed).
+    family
+        The model family (:class:`vaefail.protocol.ModelFamily`); default the MFG-VAE.
     """
 
-    config: FitConfig
-    models: VAE
+    config: Any
+    models: Any
     restarts: pd.DataFrame
     selected: int
     summary: dict[str, Any] = field(default_factory=dict)
+    family: Any = None
+
+    def __post_init__(self) -> None:
+        if self.family is None:
+            self.family = family_from_path(_DEFAULT_FAMILY)
 
     @property
-    def model(self) -> VAE:
+    def model(self) -> Any:
         """The selected restart's model."""
         return take(self.models, self.selected)
 
@@ -65,10 +100,12 @@ class FitResult:
     def benchmark(self) -> Benchmark:
         return get_benchmark(self.config.benchmark, **self.config.benchmark_params)
 
-    def splits(self) -> Splits:
-        """The train/validation/test data this result was fitted on (regenerated from its seed)."""
-        c = self.config
-        return self.benchmark.splits(c.n_train, c.n_val, c.n_test, seed=c.split_seed)
+    def data(self) -> Any:
+        """The data this result was fitted on, regenerated from its seeds (the family's
+        :meth:`~vaefail.protocol.ModelFamily.make_data`: splits with ``train``, ``val``, ``test``)."""
+        return self.family.make_data(self.benchmark, self.config)
+
+    splits = data
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the run folder atomically; an existing run folder at ``path`` is replaced."""
@@ -106,15 +143,16 @@ class FitResult:
             )
         try:
             meta = json.loads((path / "config.json").read_text())
-            if meta.get("format") != RUN_FORMAT:
+            found = meta.get("format")
+            if found != RUN_FORMAT and found not in _OLD_FORMATS:
                 raise StoreError(
-                    f"{path} was written in format {meta.get('format')!r}; this vaefail reads "
-                    f"{RUN_FORMAT!r}"
+                    f"{path} was written in format {found!r}; this vaefail reads {RUN_FORMAT!r}"
                 )
-            config = FitConfig.from_dict(meta["config"])
+            family = family_from_path(meta["family"] if found == RUN_FORMAT else _OLD_FORMATS[found])
+            config = family.config_type.from_dict(meta["config"])
             benchmark = get_benchmark(config.benchmark, **config.benchmark_params)
             keys = list(jax.random.split(jax.random.PRNGKey(0), config.restarts))
-            skeleton = init_models(config, benchmark, keys)
+            skeleton = family.init(config, benchmark, keys)
             models = eqx.tree_deserialise_leaves(path / "models.eqx", skeleton)
             restarts = pd.read_csv(path / "restarts.csv")
             summary = json.loads((path / "summary.json").read_text())
@@ -122,17 +160,14 @@ class FitResult:
             raise
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise StoreError(f"{path} is a damaged run folder: {err}") from err
-        return cls(config, models, restarts, int(meta["selected"]), summary)
+        return cls(config, models, restarts, int(meta["selected"]), summary, family=family)
 
 
-def run_files(run_format: str, result: Any) -> dict[str, bytes]:
-    """The files of a run folder as bytes: ``config.json`` (format, selected restart, config),
-    ``models.eqx`` (every restart, stacked), ``restarts.csv`` and ``summary.json``.
-
-    Shared by every result type with ``config.to_dict()``, ``selected``, ``models``, ``restarts`` and
-    ``summary`` (the unsupervised :class:`FitResult` and the semi-supervised result).
-    """
-    meta = {"format": run_format, "selected": result.selected, "config": result.config.to_dict()}
+def run_files(run_format: str, result: FitResult) -> dict[str, bytes]:
+    """The files of a run folder as bytes: ``config.json`` (format, family, selected restart, config),
+    ``models.eqx`` (every restart, stacked), ``restarts.csv`` and ``summary.json``."""
+    meta = {"format": run_format, "family": family_path(result.family), "selected": result.selected,
+            "config": result.config.to_dict()}
     buffer = io.BytesIO()
     eqx.tree_serialise_leaves(buffer, result.models)
     return {

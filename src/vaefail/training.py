@@ -1,4 +1,4 @@
-"""The paper's training protocol, vectorised: R restarts trained together, steps fused with ``lax.scan``.
+"""The optimiser of the restart protocol: R stacked restarts trained together, steps fused with ``lax.scan``.
 
 Restarts are stacked along a leading axis of every parameter array and trained with :func:`jax.vmap`
 over a :func:`jax.lax.scan` of optimisation steps; the Python loop only runs once per evaluation chunk
@@ -8,7 +8,6 @@ kept, divergence is detected and progress is shown.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,13 +19,10 @@ import numpy as np
 import optax
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from vaefail._jax import leading_axis_shardings, materialise, put_arrays
-from vaefail.benchmarks import Benchmark, Splits
-from vaefail.config import FitConfig
-from vaefail.models import VAE, TrueDecoder, make_vae
-from vaefail.objectives import bound_fn, elbo, loss_fn
+from vaefail._jax import leading_axis_shardings, put_arrays
+from vaefail.stacking import take
 
-Loss = Callable[[VAE, Any, jax.Array], tuple[jax.Array, Any]]
+Loss = Callable[[Any, Any, jax.Array], tuple[jax.Array, Any]]
 
 
 @dataclass(frozen=True)
@@ -48,31 +44,11 @@ class OptimiseResult:
         Validation scores after each chunk, shape ``(n_evals, R)``.
     """
 
-    model: VAE
+    model: Any
     best_score: np.ndarray
     diverged: np.ndarray
     steps: int
     history: np.ndarray
-
-
-def stack(models: list[Any]) -> Any:
-    """Stack identically-structured modules along a new leading restart axis."""
-    arrays = [eqx.filter(m, eqx.is_array) for m in models]
-    static = eqx.filter(models[0], eqx.is_array, inverse=True)
-    stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *arrays)
-    return eqx.combine(stacked, static)
-
-
-def take(stacked: Any, index: int | slice | np.ndarray) -> Any:
-    """Select restarts ``index`` from a stacked module."""
-    return jax.tree_util.tree_map(lambda a: a[index] if eqx.is_array(a) else a, stacked)
-
-
-def concat(a: Any, b: Any) -> Any:
-    """Concatenate two stacked modules along the restart axis."""
-    return jax.tree_util.tree_map(
-        lambda u, v: jnp.concatenate([u, v]) if eqx.is_array(u) else u, a, b
-    )
 
 
 def optimise(
@@ -290,272 +266,3 @@ def _progress(enabled: bool) -> Progress:
         disable=not enabled,
         transient=False,
     )
-
-
-# --------------------------------------------------------------------------------------------------
-# The paper's protocol
-# --------------------------------------------------------------------------------------------------
-
-
-def init_models(config: FitConfig, benchmark: Benchmark, keys: jax.Array) -> VAE:
-    """Freshly initialised stacked models, one per key."""
-    sigma = benchmark.sigma_eps if config.sigma_eps is None else config.sigma_eps
-    return stack(
-        [
-            make_vae(
-                benchmark.x_dim, config.latent_dim, sigma, key=k, learn_sigma=config.learn_sigma,
-                width=config.hidden_width, depth=config.hidden_depth, activation=config.activation,
-            )
-            for k in keys
-        ]
-    )
-
-
-@functools.lru_cache(maxsize=32)
-def _decoder_fit_loss(benchmark: Benchmark, latent_dim: int) -> Loss:
-    def loss(model, _batch, k):
-        z = materialise(jax.random.normal(k, (512, latent_dim)))
-        pred = jax.vmap(model.decoder)(z)
-        target = jax.vmap(benchmark.f_gt)(z[:, : benchmark.latent_dim])
-        return jnp.mean(jnp.sum((pred - target) ** 2, axis=-1)), None
-
-    return loss
-
-
-def fit_decoder_to_truth(
-    models: VAE, benchmark: Benchmark, key: jax.Array, *, steps: int, progress: bool = False
-) -> VAE:
-    """Regress each restart's decoder onto the true decoder ``f_gt``.
-
-    Minimises ``(1/B) sum_b ||f_theta(z_b) - f_gt(z_b[:K_gt])||^2`` with fresh ``z_b ~ N(0, I_K)`` every
-    step (batch 512), so extra latent dimensions are taught to be ignored.
-    """
-    loss = _decoder_fit_loss(benchmark, models.latent_dim)
-    return optimise(
-        models, loss, None, key, steps=steps, batch_size=512, learning_rate=3e-3,
-        final_lr_factor=0.03, trainable=lambda m: m.decoder, eval_every=max(1, steps // 10),
-        description="fit decoder to f_gt", progress=progress,
-    ).model
-
-
-@functools.cache
-def _score(objective: str, samples: int) -> Callable[[VAE, tuple[jax.Array, jax.Array]], jax.Array]:
-    """``score(model, (x, key))``: mean bound of the objective on ``x`` (a fixed key makes it deterministic).
-
-    Cached, so every call with the same objective gets the same function and compiled code is reused.
-    """
-    bound = bound_fn(objective, samples)
-    return lambda model, data: jnp.mean(bound(model, data[0], data[1]).bound)
-
-
-def posterior_moments(benchmark: Benchmark, x: np.ndarray, latent_dim: int) -> np.ndarray:
-    """Mean and log-std of the exact posterior ``p_gt(z|x)``, per point, as encoder regression targets.
-
-    The first ``benchmark.latent_dim`` coordinates get the moments of the exact posterior (quadrature on
-    8,001 nodes over ``[-8, 8]``, fine enough for every benchmark); extra coordinates, which the truth's
-    decoder ignores, get the prior's (mean 0, log-std 0). Returns shape ``(n, 2K)``: means, then log-stds.
-    """
-    x = np.ascontiguousarray(x, dtype=np.float64)
-    mean = np.zeros((len(x), latent_dim))
-    log_std = np.zeros((len(x), latent_dim))
-    mean[:, 0], log_std[:, 0] = _exact_posterior_moments(benchmark, x.tobytes(), x.shape)
-    return np.concatenate([mean, log_std], axis=1)
-
-
-@functools.lru_cache(maxsize=4)
-def _exact_posterior_moments(
-    benchmark: Benchmark, x_bytes: bytes, shape: tuple[int, ...]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior mean and log-std of ``z`` per point (cached: the truth restarts and the truth model of
-    one fit warm-start on the same points)."""
-    x = np.frombuffer(x_bytes, dtype=np.float64).reshape(shape)
-    z = np.linspace(-8.0, 8.0, 8001)
-    mean, log_std = np.empty(len(x)), np.empty(len(x))
-    for start in range(0, len(x), 500):
-        _, density = benchmark.posterior(x[start : start + 500], z)
-        m = np.trapezoid(density * z, z, axis=1)
-        var = np.trapezoid(density * (z - m[:, None]) ** 2, z, axis=1)
-        mean[start : start + 500] = m
-        log_std[start : start + 500] = 0.5 * np.log(np.maximum(var, 1e-12))
-    return mean, log_std
-
-
-def _encoder_regression_loss(model: VAE, batch: jax.Array, _key: jax.Array) -> tuple[jax.Array, None]:
-    """``mean_b ||mu_phi(x_b) - m_b||^2 + ||log sigma_phi(x_b) - log s_b||^2``, rows ``[x, m, log s]``."""
-    d = model.x_dim
-    mu, log_std = jax.vmap(model.encoder)(batch[:, :d])
-    k = mu.shape[1]
-    err = (mu - batch[:, d : d + k]) ** 2 + (log_std - batch[:, d + k :]) ** 2
-    return jnp.mean(jnp.sum(err, axis=1)), None
-
-
-def warm_start_encoder(
-    models: VAE, benchmark: Benchmark, x: np.ndarray, key: jax.Array, *, steps: int, progress: bool = False
-) -> VAE:
-    """Regress each restart's encoder onto the exact posterior's moments (decoder untouched).
-
-    A starting point for the "best encoder" of a truth decoder: moment matching gives the mass-covering
-    Gaussian, and the ELBO training that follows (:func:`fit_encoder`) moves it to the ELBO's own optimum.
-    Uses at most 2,000 points of ``x``.
-    """
-    x = np.asarray(x[:2000], dtype=np.float64)
-    targets = posterior_moments(benchmark, x, models.latent_dim)
-    data = _as_f32(np.concatenate([x, targets], axis=1))
-    return optimise(
-        models, _encoder_regression_loss, data, key, steps=steps, batch_size=256, learning_rate=3e-3,
-        final_lr_factor=0.03, trainable=lambda m: m.encoder, eval_every=max(1, steps // 10),
-        description="encoder to exact posterior", progress=progress,
-    ).model
-
-
-def fit_encoder(
-    models: VAE, splits: Splits, config: FitConfig, key: jax.Array, *, steps: int,
-    converge: bool = False, description: str = "fit encoder", progress: bool = False,
-) -> OptimiseResult:
-    """Train only the encoders of stacked models on the training objective, decoders frozen.
-
-    This is the "best encoder" for a fixed decoder: maximising the ELBO over ``phi`` alone minimises
-    ``E_p(x)[KL(q_phi(z|x) || p_theta(z|x))]``.
-    """
-    k_train, k_score = jax.random.split(key)
-    loss = loss_fn(config.objective, config.train_samples, config.dreg)
-    return optimise(
-        models, loss, _as_f32(splits.train.x), k_train, steps=steps,
-        batch_size=config.batch_size, learning_rate=config.learning_rate,
-        final_lr_factor=config.final_lr_factor, trainable=lambda m: m.encoder,
-        score=_score(config.objective, config.eval_num_samples), score_data=(_as_f32(splits.val.x), k_score),
-        eval_every=config.eval_every, patience=config.patience, tol=config.tol,
-        converge=converge, description=description, progress=progress,
-    )
-
-
-#: The truth's encoder trains for at least this many steps (one restart, encoder only: cheap), so that
-#: a short preset does not handicap the truth in the truth-vs-learned comparison.
-TRUTH_MIN_STEPS = 20000
-
-
-def truth_model(
-    benchmark: Benchmark, splits: Splits, config: FitConfig, key: jax.Array, *, progress: bool = False
-) -> VAE:
-    """The ground-truth model (exact decoder ``f_gt``, true ``sigma_eps``) with its best encoder.
-
-    The encoder is warm-started on the exact posterior's moments (:func:`warm_start_encoder`), then
-    trained to convergence with the decoder fixed at the truth, using the same objective and optimiser as
-    the restarts and at least :data:`TRUTH_MIN_STEPS` steps, so ``bound(truth) - bound(learned)``
-    measures how far the truth is from the objective's optimum. Extra latent dimensions (``K`` above the
-    benchmark's) are ignored by the true decoder.
-    """
-    decoder = TrueDecoder(f_gt=benchmark.f_gt, true_latent_dim=benchmark.latent_dim)
-    model = make_vae(
-        benchmark.x_dim, config.latent_dim, benchmark.sigma_eps, key=key,
-        width=config.hidden_width, depth=config.hidden_depth, activation=config.activation,
-        decoder=decoder,
-    )
-    model = warm_start_encoder(
-        stack([model]), benchmark, splits.train.x, jax.random.fold_in(key, 2),
-        steps=max(config.init_steps, 1), progress=progress,
-    )
-    result = fit_encoder(
-        model, splits, config, jax.random.fold_in(key, 1), steps=max(config.steps, TRUTH_MIN_STEPS),
-        converge=config.converge, description="truth: best encoder", progress=progress,
-    )
-    return take(result.model, 0)
-
-
-def _as_f32(x: np.ndarray) -> jax.Array:
-    return jnp.asarray(x, dtype=jnp.float32)
-
-
-@dataclass(frozen=True)
-class RestartOutcome:
-    """All restarts of one configuration after training (stacked) and their bookkeeping."""
-
-    models: VAE
-    start: list[str]
-    diverged: np.ndarray
-    best_val: np.ndarray
-    steps: int
-    history: np.ndarray
-
-
-def train_restarts(
-    benchmark: Benchmark, splits: Splits, config: FitConfig, *, progress: bool = True
-) -> RestartOutcome:
-    """Run the paper's protocol: ``n_truth`` restarts from the truth, the rest random, all trained together.
-
-    Truth restarts: decoder regressed onto ``f_gt`` (:func:`fit_decoder_to_truth`), encoder regressed
-    onto the exact posterior's moments (:func:`warm_start_encoder`), then the encoder trained on the
-    objective with the decoder frozen (:func:`fit_encoder`), for ``init_steps`` each. Then every restart
-    trains all its parameters on the objective for up to ``steps`` steps, keeping its best-validation
-    parameters.
-    """
-    key = jax.random.PRNGKey(config.seed)
-    k_init, k_dec, k_enc, k_train, k_score = jax.random.split(key, 5)
-    init_keys = jax.vmap(lambda r: jax.random.fold_in(k_init, r))(jnp.arange(config.restarts))
-    models = init_models(config, benchmark, list(init_keys))
-    n_truth = config.n_truth
-    if n_truth > 0 and config.init_steps > 0:
-        truth = take(models, slice(0, n_truth))
-        truth = fit_decoder_to_truth(
-            truth, benchmark, k_dec, steps=config.init_steps, progress=progress
-        )
-        truth = warm_start_encoder(
-            truth, benchmark, splits.train.x, jax.random.fold_in(k_enc, 1), steps=config.init_steps,
-            progress=progress,
-        )
-        truth = fit_encoder(
-            truth, splits, config, k_enc, steps=config.init_steps, progress=progress,
-            description="fit encoder to truth",
-        ).model
-        models = concat(truth, take(models, slice(n_truth, None)))
-    result = optimise(
-        models, loss_fn(config.objective, config.train_samples, config.dreg),
-        _as_f32(splits.train.x), k_train, steps=config.steps, batch_size=config.batch_size,
-        learning_rate=config.learning_rate, final_lr_factor=config.final_lr_factor,
-        score=_score(config.objective, config.eval_num_samples), score_data=(_as_f32(splits.val.x), k_score),
-        eval_every=config.eval_every, patience=config.patience, tol=config.tol,
-        converge=config.converge,
-        description=f"{config.benchmark} {config.objective} K={config.latent_dim}",
-        progress=progress,
-    )
-    start = ["truth"] * n_truth + ["random"] * (config.restarts - n_truth)
-    return RestartOutcome(
-        models=result.model, start=start, diverged=result.diverged, best_val=result.best_score,
-        steps=result.steps, history=result.history,
-    )
-
-
-@eqx.filter_jit
-def _chunk_bounds(params, xc, key, *, static, score, samples):
-    """Per restart: ``score`` (the training bound) and the mean ELBO with ``samples`` draws on ``xc``."""
-
-    def one(p):
-        model = eqx.combine(p, static)
-        return score(model, (xc, key)), jnp.mean(elbo(model, xc, jax.random.fold_in(key, 1), samples).bound)
-
-    return jax.vmap(one)(params)
-
-
-def evaluate_bounds(
-    models: VAE, x: np.ndarray, config: FitConfig, key: jax.Array, chunk: int = 500
-) -> dict[str, np.ndarray]:
-    """Mean ELBO and mean training-objective bound of every stacked restart on ``x``.
-
-    Returns ``{"elbo": (R,), "bound": (R,)}``: ``elbo`` is ``(1/n) sum_i ELBO(x_i)`` with
-    ``eval_samples`` samples per point; ``bound`` is the training objective's bound (equal in
-    expectation to ``elbo`` for ``vae``; ``IWAE_S`` for ``iwae``). Points are processed in chunks of
-    ``chunk`` (chunk ``i`` draws from ``fold_in(key, i)``); the default 500 divides the default and preset
-    split sizes (500, 1,000, 2,000), so every split reuses one compiled program.
-    """
-    params, static = eqx.partition(models, eqx.is_inexact_array)
-    score = _score(config.objective, config.eval_num_samples)
-    xs = _as_f32(x)
-    totals = {"bound": 0.0, "elbo": 0.0}
-    for i, start in enumerate(range(0, len(xs), chunk)):
-        xc = xs[start : start + chunk]
-        bound, elbo_mean = _chunk_bounds(
-            params, xc, jax.random.fold_in(key, i), static=static, score=score, samples=config.eval_samples
-        )
-        totals["bound"] = totals["bound"] + np.asarray(bound, np.float64) * len(xc) / len(xs)
-        totals["elbo"] = totals["elbo"] + np.asarray(elbo_mean, np.float64) * len(xc) / len(xs)
-    return totals

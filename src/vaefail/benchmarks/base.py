@@ -26,28 +26,7 @@ import numpy as np
 import scipy.special as sp_special
 
 from vaefail.errors import DataError, require
-
-#: Half-width of the quadrature range in z. The prior mass outside [-8, 8] is 2 * Phi(-8) ~ 1.2e-15,
-#: far below any accuracy we claim.
-Z_LIMIT = 8.0
-
-#: Number of points of the default z-grid, spacing h = 16 / 16000 = 0.001.
-#:
-#: Justification. The sharpest decoder is ``clusters``: p(t) = sum_j sigmoid(beta (t - j/M)),
-#: beta = 300, t = Phi(z). Along a step the mean moves between neighbouring centres (2.35 apart
-#: for the defaults) at up to |dp/dz| = beta phi(z) / 4 <= 29 gaps per unit z, so for x between
-#: two centres p(x|z) is a bump of std about 0.25 / (2.35 * 29) = 0.0037 in z (the "~0.005 wide"
-#: features). The trapezoid rule on a Gaussian bump of std s with spacing h has relative error
-#: about 2 exp(-2 pi^2 s^2 / h^2), below 1e-16 once h <= s / 1.4. Measured max |error| of
-#: log p(x) against a 64001-point grid, over 2000 samples plus 76 points between centres:
-#: 4001 points (h = 0.004): 1.1e-5; 8001 (h = 0.002): 1.5e-14; 16001: 1.1e-14 (rounding). The
-#: other benchmarks are converged to 1e-15 already at 1001 points. 16001 points give a 2x margin
-#: in h, i.e. stay exact to rounding for beta up to about 600; cost is ~0.1 ms per point.
-Z_GRID_POINTS = 16001
-
-#: The default uniform quadrature grid over z, shape (Z_GRID_POINTS,), float64.
-DEFAULT_Z_GRID: np.ndarray = np.linspace(-Z_LIMIT, Z_LIMIT, Z_GRID_POINTS)
-DEFAULT_Z_GRID.setflags(write=False)
+from vaefail.quadrature import DEFAULT_Z_GRID, check_z_grid, trapezoid_weights
 
 #: Maximum number of (point, grid node) pairs held in one chunk of the quadrature. One float64
 #: buffer of this size is 512 kB (4 points on the default grid); the quadrature holds at most three
@@ -251,7 +230,7 @@ class Benchmark:
             which chunk, for large n.
         """
         x = self._check_x(x)
-        z_grid = _check_z_grid(z_grid, quadrature=False)
+        z_grid = check_z_grid(z_grid, quadrature=False)
         return self._loglik(x, self.f_gt_np(z_grid[:, None]))
 
     def _loglik(self, x: np.ndarray, f: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:
@@ -315,9 +294,9 @@ class Benchmark:
             If ``x`` has the wrong shape or non-finite values.
         """
         x = self._check_x(x)
-        z_grid = DEFAULT_Z_GRID if z_grid is None else _check_z_grid(z_grid)
+        z_grid = DEFAULT_Z_GRID if z_grid is None else check_z_grid(z_grid)
         out = np.empty(x.shape[0])
-        for sl, a, peak in self._quadrature_chunks(x, z_grid, np.log(_trapezoid_weights(z_grid))):
+        for sl, a, peak in self._quadrature_chunks(x, z_grid, np.log(trapezoid_weights(z_grid))):
             out[sl] = np.log(np.exp(a, out=a).sum(axis=1)) + peak
         return out
 
@@ -347,8 +326,8 @@ class Benchmark:
             The grid, shape (G,), and the density, shape (n, G).
         """
         x = self._check_x(x)
-        z_grid = DEFAULT_Z_GRID if z_grid is None else _check_z_grid(z_grid)
-        log_w = np.log(_trapezoid_weights(z_grid))
+        z_grid = DEFAULT_Z_GRID if z_grid is None else check_z_grid(z_grid)
+        log_w = np.log(trapezoid_weights(z_grid))
         density = np.empty((x.shape[0], z_grid.size))
         for sl, a, _ in self._quadrature_chunks(x, z_grid, log_w):
             # density_g = exp(a_g - log w_g) / sum_h exp(a_h): the peak cancels.
@@ -374,30 +353,6 @@ class Benchmark:
             bad = int(np.sum(~np.all(np.isfinite(arr), axis=1)))
             raise DataError(f"{self.name}: x contains NaN or inf in {bad} row(s)")
         return arr
-
-
-def _trapezoid_weights(z_grid: np.ndarray) -> np.ndarray:
-    """Trapezoid weights w with sum_g w_g f(z_g) = np.trapezoid(f, z_grid)."""
-    dz = np.diff(z_grid)
-    w = np.zeros_like(z_grid)
-    w[:-1] += 0.5 * dz
-    w[1:] += 0.5 * dz
-    return w
-
-
-def _check_z_grid(z_grid: Any, quadrature: bool = True) -> np.ndarray:
-    """Validate z values: finite 1-D; a quadrature grid must also be strictly increasing, >= 2."""
-    try:
-        grid = np.asarray(z_grid, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"z_grid must be a numeric array ({exc})") from exc
-    if grid.ndim != 1 or grid.size < (2 if quadrature else 1):
-        raise DataError(f"z_grid must be 1-D with at least 2 points, got shape {grid.shape}")
-    if not np.all(np.isfinite(grid)):
-        raise DataError("z_grid must be finite")
-    if quadrature and not np.all(np.diff(grid) > 0):
-        raise DataError("z_grid must be strictly increasing")
-    return grid
 
 
 def _as_float(label: str, value: Any) -> float:

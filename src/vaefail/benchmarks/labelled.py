@@ -48,10 +48,9 @@ from vaefail.benchmarks.base import (
     _as_count,
     _as_float,
     _as_vector,
-    _check_z_grid,
-    _trapezoid_weights,
 )
 from vaefail.errors import ConfigError, DataError, require
+from vaefail.quadrature import check_z_grid, trapezoid_weights
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -194,8 +193,8 @@ class LabelledBenchmark(Benchmark):
             Shape (n, n_classes).
         """
         x = self._check_x(x)
-        z_grid = DEFAULT_Z_GRID if z_grid is None else _check_z_grid(z_grid)
-        log_w = np.log(_trapezoid_weights(z_grid))
+        z_grid = DEFAULT_Z_GRID if z_grid is None else check_z_grid(z_grid)
+        log_w = np.log(trapezoid_weights(z_grid))
         out = np.empty((x.shape[0], self.n_classes))
         for c in range(self.n_classes):
             for sl, a, peak in self._class_chunks(x, c, z_grid, log_w):
@@ -250,8 +249,8 @@ class LabelledBenchmark(Benchmark):
             Shapes (G,) and (n, G).
         """
         x = self._check_x(x)
-        z_grid = DEFAULT_Z_GRID if z_grid is None else _check_z_grid(z_grid)
-        log_w = np.log(_trapezoid_weights(z_grid))
+        z_grid = DEFAULT_Z_GRID if z_grid is None else check_z_grid(z_grid)
+        log_w = np.log(trapezoid_weights(z_grid))
         if y is None:
             weights = self.class_posterior(x, z_grid)
         else:
@@ -356,11 +355,11 @@ class Semicircle(LabelledBenchmark):
         .. math:: P(x_1 > 0 \\mid y = 0) = \\int N(z; 0, 1)\\,
                   \\Phi\\big(\\cos(\\pi \\Phi(z)^2) / \\sigma\\big)\\, dz.
         """
-        z_grid = DEFAULT_Z_GRID if z_grid is None else _check_z_grid(z_grid)
+        z_grid = DEFAULT_Z_GRID if z_grid is None else check_z_grid(z_grid)
         angle = math.pi * sp_special.ndtr(z_grid) ** 2
         prior = np.exp(-0.5 * z_grid**2 - 0.5 * _LOG_2PI)
         integrand = prior * sp_special.ndtr(np.cos(angle) / self.sigma_eps)
-        return float(np.sum(_trapezoid_weights(z_grid) * integrand))
+        return float(np.sum(trapezoid_weights(z_grid) * integrand))
 
     def bayes_rule(self, x: np.ndarray) -> np.ndarray:
         """The Bayes-optimal label, ``0`` where :math:`x_1 > 0` else ``1`` (see :meth:`bayes_accuracy`)."""
@@ -475,7 +474,7 @@ class SharedLine(LabelledBenchmark):
         dens = self.class_prior()[:, None] * np.exp(
             -0.5 * (u[None, :] - c[:, None]) ** 2 / var_u[:, None]
         ) / np.sqrt(2 * np.pi * var_u[:, None])
-        return float(np.sum(_trapezoid_weights(u) * dens.max(axis=0)))
+        return float(np.sum(trapezoid_weights(u) * dens.max(axis=0)))
 
 
 __all__ = ["LabelledBenchmark", "LabelledDataset", "Semicircle", "SharedLine"]

@@ -38,7 +38,6 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from scipy.special import logsumexp
 
 from vaefail._io import write_atomic
 from vaefail.benchmarks import Benchmark, get_benchmark
@@ -46,6 +45,8 @@ from vaefail.benchmarks.labelled import LabelledBenchmark, LabelledDataset
 from vaefail.metrics.information import encode
 from vaefail.metrics.likelihood import decode, exact_log_likelihood
 from vaefail.models import LOG_2PI, VAE
+from vaefail.quadrature import normalised_density_1d
+from vaefail.results import FitResult
 from vaefail.semisupervised.model import M2
 
 #: Resolution of every saved PNG.
@@ -120,9 +121,7 @@ def model_posterior(model: VAE, x: np.ndarray, z_grid: np.ndarray) -> np.ndarray
     sigma = float(model.sigma)
     log_joint = (-0.5 * np.sum((np.asarray(x, np.float64)[None, :] - f) ** 2, axis=1) / sigma**2
                  - 0.5 * z_grid**2)
-    log_joint -= logsumexp(log_joint)
-    density = np.exp(log_joint)
-    return density / np.trapezoid(density, z_grid)
+    return normalised_density_1d(log_joint, z_grid)
 
 
 def encoder_density(model: VAE, x: np.ndarray, z_grid: np.ndarray) -> np.ndarray:
@@ -655,18 +654,12 @@ class _Runs:
         self._metrics: dict[str, dict[str, Any]] = {}
 
     def result(self, key: str) -> Any:
+        """The stored run of configuration ``key`` (any family), loaded once."""
         if key not in self._results:
-            from vaefail.results import FitResult
-
             self._results[key] = FitResult.load(self.store.path(key))
         return self._results[key]
 
-    def m2_result(self, key: str) -> Any:
-        if key not in self._results:
-            from vaefail.semisupervised import SemiSupervisedResult
-
-            self._results[key] = SemiSupervisedResult.load(self.store.path(key))
-        return self._results[key]
+    m2_result = result
 
     def metrics(self, key: str) -> dict[str, Any]:
         if key not in self._metrics:

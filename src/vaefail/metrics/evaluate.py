@@ -85,7 +85,7 @@ def evaluate_run(
     elbo_samples
         Monte-Carlo samples per point for the ELBO's reconstruction term.
     truth_model
-        The ground-truth model with its best encoder (``vaefail.training.truth_model``), to compare
+        The ground-truth model with its best encoder (``vaefail.mfg.truth_model``), to compare
         ELBOs point by point; optional.
     gap_threshold, khat_threshold
         Thresholds of the "share above" summaries.

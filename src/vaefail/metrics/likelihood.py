@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -12,11 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from vaefail._jax import put_arrays
-from vaefail.errors import ConfigError, require
+from vaefail.errors import require
 from vaefail.metrics._stats import check_x
 from vaefail.metrics.pareto import TopTracker
-from vaefail.models import LOG_2PI, VAE
+from vaefail.models import VAE
 from vaefail.objectives import sample_terms
+from vaefail.quadrature import box_grid, gaussian_log_marginal
 
 
 @dataclass(frozen=True)
@@ -233,31 +233,8 @@ def exact_log_likelihood(
     (point, node) pairs at about 2**22, i.e. 32 MB of float64), so memory is bounded for ``K = 2``
     grids too.
     """
-    k = model.latent_dim
-    if k > 2:
-        raise ConfigError(f"exact quadrature supports latent_dim <= 2, the model has {k}")
     xn = check_x(x, model.x_dim)
-    m = grid_size or (4001 if k == 1 else 301)
-    axis = np.linspace(-bound, bound, m)
-    w1 = np.full(m, axis[1] - axis[0])
-    w1[[0, -1]] *= 0.5
-    grid = np.array(list(itertools.product(axis, repeat=k)))
-    log_w = np.log(np.prod(np.array(list(itertools.product(w1, repeat=k))), axis=1))
-    log_w += np.sum(-0.5 * grid**2 - 0.5 * LOG_2PI, axis=1)
+    grid, log_w = box_grid(model.latent_dim, grid_size, bound)
     means = np.asarray(decode(model, jnp.asarray(grid, jnp.float32)), np.float64)
-    sigma = float(model.sigma)
-    if point_chunk is None:
-        point_chunk = max(1, (1 << 22) // len(grid))
-    require(point_chunk >= 1, f"point_chunk must be >= 1, got {point_chunk}")
-    inv_var = 1.0 / sigma**2
-    # Per node: log weight + log N(0; m_j, sigma^2 I) without the x-dependent terms.
-    node = log_w - 0.5 * inv_var * np.sum(means**2, axis=1) - model.x_dim * (np.log(sigma) + 0.5 * LOG_2PI)
-    out = np.empty(xn.shape[0])
-    for p in range(0, len(out), point_chunk):
-        xc = xn[p : p + point_chunk]
-        a = (xc * inv_var) @ means.T
-        a += node
-        top = a.max(axis=1, keepdims=True)
-        np.exp(a - top, out=a)
-        out[p : p + point_chunk] = np.log(a.sum(axis=1)) + top[:, 0] - 0.5 * inv_var * np.sum(xc**2, axis=1)
+    out = gaussian_log_marginal(xn, means, float(model.sigma), log_w, chunk=point_chunk)
     return LogLikelihood(per_point=out, ess=np.full(len(out), np.nan), num_samples=None)

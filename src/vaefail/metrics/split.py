@@ -175,7 +175,7 @@ def truth_comparison(
     """The ground-truth model's ELBO against the learned model's, on the same data, with their splits.
 
     ``truth`` is the true decoder with its *best encoder* (the encoder trained with the decoder fixed at
-    ``f_gt``; see :func:`vaefail.training.truth_model`): the best ELBO the true generative model can reach
+    ``f_gt``; see :func:`vaefail.mfg.truth_model`): the best ELBO the true generative model can reach
     in the variational family. If the learned model's ELBO is higher, the truth is not the ELBO's global
     optimum - the paper's central claim - and the splits show the trade (the learned model's larger MLEO
     bought a smaller PMO).

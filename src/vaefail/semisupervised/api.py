@@ -1,4 +1,5 @@
-"""One call for a reproduce task: fit M2 with the restart protocol, then every metric."""
+"""Fit M2 with the restart protocol (:func:`fit_semisupervised`), and fit then evaluate in one call
+(:func:`run_semisupervised`, what a reproduce task runs)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,36 @@ from typing import Any
 import jax
 import numpy as np
 
-from vaefail.benchmarks import get_benchmark
+from vaefail.benchmarks import LabelledBenchmark, get_benchmark
+from vaefail.protocol import fit_family
+from vaefail.results import FitResult
 from vaefail.semisupervised.config import SemiSupervisedConfig
+from vaefail.semisupervised.data import require_labelled
+from vaefail.semisupervised.family import M2_FAMILY
 from vaefail.semisupervised.metrics import collapse_score, counterfactual_error, evaluate_semisupervised
-from vaefail.semisupervised.results import SemiSupervisedResult
-from vaefail.semisupervised.training import fit_semisupervised, require_labelled
-from vaefail.training import take
+from vaefail.stacking import take
+
+
+def fit_semisupervised(
+    config: SemiSupervisedConfig, benchmark: LabelledBenchmark | None = None, *, progress: bool = False
+) -> FitResult:
+    """Train M2 with the restart protocol (:func:`vaefail.protocol.fit_family`) and select a restart.
+
+    The restart table has one row per restart: ``restart, start, status, steps, val_objective,
+    test_objective, test_unlabelled, test_accuracy, selected`` (objectives are mean per-point shares of J
+    in nats, higher is better). The summary holds the selected restart's numbers and, with
+    ``config.truth``, the ground-truth model's ``truth_val_objective`` / ``truth_test_objective``.
+    """
+    if benchmark is None:
+        benchmark = get_benchmark(config.benchmark, **config.benchmark_params)
+    benchmark = require_labelled(benchmark)
+    return fit_family(M2_FAMILY, config, benchmark, truth=config.truth, progress=progress)
 
 
 def run_semisupervised(
     config: SemiSupervisedConfig | dict[str, Any], *, progress: bool = False, collapse_samples: int = 2000,
     per_restart: bool = True,
-) -> tuple[SemiSupervisedResult, dict[str, Any]]:
+) -> tuple[FitResult, dict[str, Any]]:
     """Fit M2 on a labelled benchmark and evaluate the selected restart on the test split.
 
     Parameters
@@ -36,8 +55,8 @@ def run_semisupervised(
     Returns
     -------
     result, metrics
-        The fitted :class:`SemiSupervisedResult` and a JSON-ready dict: ``config`` (its dict), ``summary``
-        (the result's summary: selected restart, test/validation J, the truth's J), ``test``
+        The fitted :class:`~vaefail.results.FitResult` and a JSON-ready dict: ``config`` (its dict),
+        ``summary`` (the result's summary: selected restart, test/validation J, the truth's J), ``test``
         (:func:`~vaefail.semisupervised.metrics.evaluate_semisupervised` of the selected model) and, with
         ``per_restart``, ``restarts``: one record per restart with ``start``, ``status``, ``val_objective``,
         ``test_objective``, ``test_accuracy``, ``collapse_score`` and ``counterfactual_error``.

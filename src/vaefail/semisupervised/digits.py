@@ -40,7 +40,8 @@ from vaefail.config import ConfigDict
 from vaefail.errors import ConfigError, require
 from vaefail.semisupervised.model import check_encoder, make_m2
 from vaefail.semisupervised.objectives import check_m2_options, m2_loss_fn, pack
-from vaefail.training import optimise, stack, take
+from vaefail.stacking import stack, take
+from vaefail.training import optimise
 
 BASELINES = ("logistic", "mlp")
 

@@ -31,9 +31,10 @@ import numpy as np
 from scipy.special import logsumexp
 
 from vaefail.benchmarks.labelled import LabelledBenchmark, LabelledDataset
-from vaefail.errors import ConfigError, require
+from vaefail.errors import require
 from vaefail.metrics._stats import check_x
 from vaefail.models import LOG_2PI
+from vaefail.quadrature import box_grid
 from vaefail.semisupervised.model import M2
 
 
@@ -77,20 +78,6 @@ def decoder_curves(model: M2, z: Any | None = None) -> tuple[np.ndarray, np.ndar
     return z, np.stack([decode_np(model, c, zk) for c in range(model.n_classes)])
 
 
-def _grid(latent_dim: int, grid_size: int | None, bound: float) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes ``(G, K)`` and ``log(w_g N(z_g; 0, I))`` of a trapezoid grid on ``[-bound, bound]^K``."""
-    if latent_dim > 2:
-        raise ConfigError(f"quadrature metrics support latent_dim <= 2, the model has {latent_dim}")
-    m = grid_size or (4001 if latent_dim == 1 else 301)
-    require(m >= 3, f"grid_size must be >= 3, got {m}")
-    axis = np.linspace(-bound, bound, m)
-    w1 = np.full(m, axis[1] - axis[0])
-    w1[[0, -1]] *= 0.5
-    nodes = np.array(list(itertools.product(axis, repeat=latent_dim)))
-    log_w = np.log(np.prod(np.array(list(itertools.product(w1, repeat=latent_dim))), axis=1))
-    return nodes, log_w + np.sum(-0.5 * nodes**2 - 0.5 * LOG_2PI, axis=1)
-
-
 def model_class_log_prob(
     model: M2, x: Any, *, grid_size: int | None = None, bound: float = 7.0
 ) -> np.ndarray:
@@ -107,7 +94,7 @@ def model_class_log_prob(
         Shape ``(n, C)``.
     """
     xs = check_x(x, model.x_dim)
-    nodes, log_w = _grid(model.latent_dim, grid_size, bound)
+    nodes, log_w = box_grid(model.latent_dim, grid_size, bound)
     sigma = float(model.sigma)
     const = -model.x_dim * (math.log(sigma) + 0.5 * LOG_2PI)
     chunk = max(1, (1 << 20) // len(nodes))
@@ -361,7 +348,7 @@ def evaluate_semisupervised(
     log_q = classifier_log_probs(model, data.x)
     q = np.exp(log_q)
     y = np.asarray(data.y)
-    nodes = len(_grid(model.latent_dim, grid_size, 7.0)[0]) ** (1.0 / model.latent_dim)
+    nodes = len(box_grid(model.latent_dim, grid_size, 7.0)[0]) ** (1.0 / model.latent_dim)
     fine = model_class_log_prob(model, data.x[:200], grid_size=int(2 * round(nodes)) - 1)
     classification = {
         "accuracy": float(np.mean(np.argmax(log_q, axis=1) == y)),

@@ -48,8 +48,7 @@ classes (common random numbers), so with the ``"mean_field"`` family every class
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import jax
@@ -187,31 +186,53 @@ def m2_terms(
     return M2Record(class_bounds=bounds, unlabelled=u, labelled=lab, log_qy=log_qy, objective=obj)
 
 
-def m2_loss_fn(
-    objective: str = "vae", num_samples: int = 1, gamma: float = 1.0, alpha: float = 1.0
-) -> Callable[[M2, jax.Array, jax.Array], tuple[jax.Array, M2Record]]:
-    """Training loss ``-(1/n) sum_i objective_i`` on a packed batch, with the record as aux output.
+@dataclass(frozen=True)
+class M2Objective:
+    """The M2 objective with fixed options, a small hashable value (see
+    :class:`vaefail.objectives.Objective`): calling it gives the training loss ``-(1/n) sum_i objective_i``
+    on a packed batch, with the :class:`M2Record` as aux output.
 
-    For ``"vae"`` one reconstruction sample per point is used (``num_samples`` is the IWAE ``S``). The same
-    options return the same function object, so :func:`vaefail.training.optimise` reuses its compiled
-    training loop across calls.
+    ``num_samples`` is used as given (:func:`m2_loss_fn` sets it to 1 for the VAE's training loss).
     """
-    check_m2_options(objective, num_samples, gamma, alpha)
-    samples = num_samples if objective == "iwae" else 1
-    return _m2_loss(objective, samples, float(gamma), float(alpha))
 
+    name: str = "vae"
+    num_samples: int = 1
+    gamma: float = 1.0
+    alpha: float = 1.0
 
-@functools.lru_cache(maxsize=64)
-def _m2_loss(
-    objective: str, samples: int, gamma: float, alpha: float
-) -> Callable[[M2, jax.Array, jax.Array], tuple[jax.Array, M2Record]]:
+    def __post_init__(self) -> None:
+        check_m2_options(self.name, self.num_samples, self.gamma, self.alpha)
 
-    def loss(model: M2, batch: jax.Array, key: jax.Array) -> tuple[jax.Array, M2Record]:
-        record = m2_terms(model, batch, key, objective=objective, num_samples=samples, gamma=gamma,
-                          alpha=alpha)
+    def terms(self, model: M2, data: jax.Array, key: jax.Array) -> M2Record:
+        """:func:`m2_terms` with these options."""
+        return m2_terms(model, data, key, objective=self.name, num_samples=self.num_samples,
+                        gamma=self.gamma, alpha=self.alpha)
+
+    def __call__(self, model: M2, batch: jax.Array, key: jax.Array) -> tuple[jax.Array, M2Record]:
+        record = self.terms(model, batch, key)
         return -jnp.mean(record.objective), record
 
-    return loss
+
+@dataclass(frozen=True)
+class M2MeanObjective:
+    """Validation score, a hashable value: ``score(model, (packed data, key))`` is the mean per-point share
+    of J (higher is better)."""
+
+    objective: M2Objective
+
+    def __call__(self, model: M2, data_and_key: tuple[jax.Array, jax.Array]) -> jax.Array:
+        return jnp.mean(self.objective.terms(model, *data_and_key).objective)
+
+
+def m2_loss_fn(
+    objective: str = "vae", num_samples: int = 1, gamma: float = 1.0, alpha: float = 1.0
+) -> M2Objective:
+    """Training loss ``-(1/n) sum_i objective_i`` on a packed batch, with the record as aux output.
+
+    For ``"vae"`` one reconstruction sample per point is used (``num_samples`` is the IWAE ``S``).
+    """
+    check_m2_options(objective, num_samples, gamma, alpha)
+    return M2Objective(objective, num_samples if objective == "iwae" else 1, float(gamma), float(alpha))
 
 
 def check_m2_options(objective: str, num_samples: int, gamma: float, alpha: float) -> None:
