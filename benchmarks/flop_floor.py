@@ -12,7 +12,7 @@ device, one thread):
 - per training shape of the experiment: XLA's count of the floating-point operations of one step of one
   restart (the loss and its gradient, ``cost_analysis`` of the compiled ``value_and_grad``; Adam's few
   FLOPs per parameter are left out), the fused loop's measured restart-steps per second
-  (``run.restart_steps_per_second``, 10 restarts) and the FLOP rate that makes;
+  (``timing.restart_steps_per_second``, 10 restarts) and the FLOP rate that makes;
 - the experiment's training FLOPs: sum over its ``fit`` configurations of restarts x step budget x FLOPs
   per step, and the time that takes on all cores at the large-product rate and at the measured rates.
 
@@ -28,23 +28,20 @@ import functools
 import os
 import time
 
-if __name__ == "__main__":  # before JAX starts (and not when imported, e.g. by a test):
-    os.environ.setdefault("VAEFAIL_CPU_DEVICES", "1")  # one device with one thread,
-    os.environ.setdefault("VAEFAIL_XLA_THREADS", "1")  # as in a reproduce worker
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from rich.console import Console
+from rich.table import Table
+from timing import restart_steps_per_second  # (benchmarks/timing.py, beside this script)
 
-import equinox as eqx  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-from run import restart_steps_per_second  # noqa: E402  (benchmarks/run.py, beside this script)
-
-from vaefail.benchmarks import get_benchmark  # noqa: E402
-from vaefail.config import FitConfig  # noqa: E402
-from vaefail.experiments.grid import EXPERIMENTS, PRESETS, load_experiments  # noqa: E402
-from vaefail.mfg import init_models  # noqa: E402
-from vaefail.objectives import loss_fn  # noqa: E402
-from vaefail.stacking import take  # noqa: E402
+import vaefail
+from vaefail.benchmarks import get_benchmark
+from vaefail.config import FitConfig
+from vaefail.experiments.grid import EXPERIMENTS, PRESETS, load_experiments
+from vaefail.mfg import init_models
+from vaefail.objectives import loss_fn
+from vaefail.stacking import take
 
 
 def matmul_gflops(rows: int, width: int, repeats: int = 3) -> float:
@@ -88,6 +85,7 @@ def _shape(fit: dict) -> tuple[str, int, int, int]:
 
 
 def main() -> None:
+    vaefail.configure(cpu_devices=1, xla_threads=1)  # one device with one thread, as a reproduce worker
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", default="table1", choices=(*EXPERIMENTS, "all"))
     parser.add_argument("--preset", default="paper", choices=PRESETS)

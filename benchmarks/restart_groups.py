@@ -5,7 +5,7 @@ Usage: ``python benchmarks/restart_groups.py [--repeats R] [--restarts N]``.
 This is the measurement behind ``vaefail.training.restart_group`` (a ``vaefail reproduce`` worker, one
 single-threaded XLA device, trains more than two restarts in pairs). The script pins itself to one XLA
 device with one thread, as a worker is, and prints one row per shape: for every group size that divides
-``--restarts``, the best of ``--repeats`` timed runs (``run.restart_steps_per_second``, each after an
+``--restarts``, the best of ``--repeats`` timed runs (``timing.restart_steps_per_second``, each after an
 identical untimed one), and the group size ``restart_group`` picks.
 """
 
@@ -14,16 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 
-if __name__ == "__main__":  # before JAX starts (and not when imported, e.g. by a test):
-    os.environ.setdefault("VAEFAIL_CPU_DEVICES", "1")  # one device with one thread,
-    os.environ.setdefault("VAEFAIL_XLA_THREADS", "1")  # as in a reproduce worker
+import jax
+from rich.console import Console
+from rich.table import Table
+from timing import restart_steps_per_second  # (benchmarks/timing.py, beside this script)
 
-import jax  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-from run import restart_steps_per_second  # noqa: E402  (benchmarks/run.py, beside this script)
-
-from vaefail.training import restart_group  # noqa: E402
+import vaefail
+from vaefail.training import restart_group
 
 #: (objective, S, K, batch): the paper preset's IWAE and VAE shapes and the issue's batch-100 shapes.
 SHAPES = (("iwae", 20, 3, 256), ("iwae", 20, 3, 100), ("iwae", 50, 3, 100), ("iwae", 10, 1, 100),
@@ -31,6 +28,7 @@ SHAPES = (("iwae", 20, 3, 256), ("iwae", 20, 3, 100), ("iwae", 50, 3, 100), ("iw
 
 
 def main() -> None:
+    vaefail.configure(cpu_devices=1, xla_threads=1)  # one device with one thread, as a reproduce worker
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--restarts", type=int, default=10)

@@ -34,43 +34,19 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 import vaefail
 from vaefail.benchmarks import get_benchmark
-from vaefail.config import FitConfig
-from vaefail.mfg import init_models
-from vaefail.objectives import loss_fn
-from vaefail.training import optimise
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import restart_steps_per_second  # noqa: E402  (benchmarks/timing.py)
 
 HERE = Path(__file__).resolve().parent
 #: (objective, S) rows of the throughput table.
 THROUGHPUT = (("vae", 1), ("iwae", 10), ("iwae", 20), ("iwae", 50))
-
-
-def restart_steps_per_second(objective: str, samples: int, latent_dim: int, restarts: int = 10,
-                             batch: int = 100, steps: int = 2000, group: int | None = None) -> float:
-    """Throughput of the fused training loop alone: the second of two identical runs of ``steps`` steps
-    (the first compiles). The restarts are split across the process's CPU devices (one per core by
-    default, ``$VAEFAIL_CPU_DEVICES``), as in ``vaefail.fit``; on one device ``group`` of them are vmapped
-    at a time (``optimise``'s default when ``None``)."""
-    bench = get_benchmark("figure8")
-    config = FitConfig(restarts=restarts, latent_dim=latent_dim)
-    models = init_models(config, bench, list(jax.random.split(jax.random.PRNGKey(0), restarts)))
-    x = jnp.asarray(bench.sample(jax.random.PRNGKey(1), 5000).x, jnp.float32)
-
-    def go(n):
-        t = time.perf_counter()
-        out = optimise(models, loss_fn(objective, samples), x, jax.random.PRNGKey(2), steps=n,
-                       batch_size=batch, learning_rate=1e-3, eval_every=n, group=group, progress=False)
-        jax.block_until_ready(out.model)
-        return time.perf_counter() - t
-
-    go(steps)
-    return restarts * steps / go(steps)
 
 
 def to_convergence(objective: str, samples: int) -> tuple[float, int]:
@@ -131,6 +107,7 @@ def _compare(ours: float, theirs: list[float | None], fmt: str) -> list[str]:
 
 
 def main() -> None:
+    vaefail.configure()  # the `vaefail` command's JAX settings: cache, one CPU device per core
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-convergence", action="store_true", help="leave out the fits to convergence")

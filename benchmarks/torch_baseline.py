@@ -300,9 +300,9 @@ def check_same_objective(objective: str = "vae", samples: int = 1, latent_dim: i
 
 
 def _vaefail_restart_steps_per_second():
-    """``restart_steps_per_second`` from ``benchmarks/run.py`` (the measurement the main table uses)."""
+    """``restart_steps_per_second`` from ``benchmarks/timing.py`` (the measurement the main table uses)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from run import restart_steps_per_second
+    from timing import restart_steps_per_second
 
     return restart_steps_per_second
 

@@ -96,3 +96,19 @@ def test_data_flows_one_way():
     assert not reaches("vaefail.benchmarks", "vaefail.models", "vaefail.training")
     assert not reaches("vaefail.objectives", "vaefail.training", "vaefail.protocol")
     assert not reaches("vaefail.protocol", "vaefail.metrics", "vaefail.experiments")
+
+
+def test_benchmark_scripts_import_no_cycle():
+    scripts = Path(__file__).resolve().parents[1] / "benchmarks"
+    names = {p.stem for p in scripts.glob("*.py")}
+    graph = {}
+    for path in scripts.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                deps.add(node.module)
+        graph[path.stem] = deps & names - {path.stem}
+    assert "timing" in graph["run"]
+    assert _cycles(graph) == []
