@@ -47,3 +47,19 @@ def test_reproduce_commands_select_configurations():
         if p["only"]:  # the README says how many trainings the selection is
             trainings = sum(t.fit["restarts"] for e in chosen for t in e.tasks)
             assert re.search(rf"{re.escape(line.strip())}\s+# {trainings} trainings", README.read_text())
+
+
+def test_every_cli_line_parses():
+    """Every `vaefail ...` line of the README's shell blocks names a command and options the CLI accepts."""
+    from typer.main import get_command
+
+    from vaefail.cli import app
+
+    cli = get_command(app)
+    lines = [line.split("  #")[0].strip() for block in blocks("bash") for line in block.splitlines()
+             if line.startswith("vaefail ")]
+    assert len(lines) >= 10
+    for line in lines:
+        name, *args = shlex.split(line)[1:]
+        assert name in cli.commands, line
+        cli.commands[name].make_context(name, args)  # raises on an unknown option or a bad value

@@ -12,7 +12,8 @@ warm. The cache lives in ``$VAEFAIL_JAX_CACHE`` (default ``~/.cache/vaefail/jax`
 disable it. A cache directory the user already configured in JAX is left alone.
 
 XLA gives a process one CPU device, and the stacked restarts of a fit run on it one batched op at a time;
-the second core mostly idles (one process with two XLA threads did no more than one thread, DESIGN.md).
+the second core mostly idles (one process with two XLA threads did no more than one thread,
+docs/performance.md).
 With one CPU device per core, :func:`vaefail.training.optimise` shards the restart axis across the
 devices, so each core trains its share of the restarts (measured on 2 cores: IWAE S = 20, 10 restarts,
 1,351 -> 2,288 restart-steps/s). (:func:`vaefail.metrics.log_likelihood` does not split: its chunks ran

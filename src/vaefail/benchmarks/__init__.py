@@ -1,4 +1,4 @@
-"""Ground-truth benchmarks with exact log p(x) and posteriors (DESIGN.md, "Ground-truth
+"""Ground-truth benchmarks with exact log p(x) and posteriors (docs/science.md, "Ground-truth
 benchmarks").
 
 Use :func:`get_benchmark` to build one by name::

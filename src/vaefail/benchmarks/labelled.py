@@ -1,4 +1,4 @@
-"""Labelled ground-truth benchmarks: two classes sharing one manifold (DESIGN.md, ``semicircle``).
+"""Labelled ground-truth benchmarks: two classes sharing one manifold (docs/science.md, ``semicircle``).
 
 A labelled benchmark is the generative process
 
@@ -308,7 +308,7 @@ class LabelledBenchmark(Benchmark):
 
 @dataclass(frozen=True, eq=False)
 class Semicircle(LabelledBenchmark):
-    """Two classes on one arc with different densities, running in opposite directions (DESIGN.md).
+    """Two classes on one arc with different densities, running in opposite directions (docs/science.md).
 
     .. math:: t = \\Phi(z), \\quad a_0(t) = \\pi t^2, \\quad a_1(t) = \\pi (1 - t^2), \\quad
               f_{gt}(y, z) = [\\cos a_y(t), \\sin a_y(t)], \\quad y \\sim \\mathrm{Bernoulli}(1/2).

@@ -130,7 +130,8 @@ def px_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
                 f"= {diff:+.3f} nats, {_needs(margin)}",
                 {"learned_neg_elbo": float(vae.test_neg_elbo),
                  "truth_neg_elbo": float(vae.truth_test_neg_elbo)},
-                note="" if ok else "Training length decides what you see (DESIGN.md): short runs with few "
+                note="" if ok else "Training length decides what you see (docs/science.md): short runs with "
+                "few "
                 "restarts may not reach the ELBO's optimum; the paper preset trains 10 restarts to "
                 "convergence (`vaefail fit --benchmark figure8` showed the learned model ahead there).",
             ))
@@ -264,7 +265,7 @@ def semisupervised_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
                 _m2_numbers(row),
                 note="" if ok else _collapse_note(row, score),
             ))
-        else:  # Kingma's q(z|x,y) can follow each class's direction: DESIGN.md's prototype kept them apart
+        else:  # Kingma's q(z|x,y) can follow each class's direction (docs/science.md: kept apart)
             ok = bool(score - margin > COLLAPSE_THRESHOLD)
             out.append(_claim(
                 f"{cid}.classes_kept_apart",
@@ -320,7 +321,7 @@ def semisupervised_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
              "iwae_counterfactual_error": float(iwae.counterfactual_error)},
             note=(f"The IWAE's own collapse score is {_fmt(float(iwae.collapse_score))}: it "
                   + ("collapses as well (below " if iwae_collapses else "stays at or above ")
-                  + f"{COLLAPSE_THRESHOLD}). DESIGN.md's prototype (S = 20, 15,000 steps) found the "
+                  + f"{COLLAPSE_THRESHOLD}). docs/science.md's prototype (S = 20, 15,000 steps) found the "
                   "mean-field IWAE collapsed too: with q(z|x) unable to depend on y, importance weighting "
                   "over a unimodal proposal does not recover the two directions."),
         ))

@@ -4,7 +4,7 @@ Workers return the finished configuration's files as bytes and the driver writes
 :class:`~vaefail.experiments.store.ResultsStore`, so the same code serves a local pool and a remote
 cluster, and a configuration's folder appears only once it is complete. Each worker (local or Ray) runs
 XLA with one thread and one device (:data:`WORKER_ENV`): on this project's 2-core machines two
-single-threaded processes did twice the work of one two-threaded process (DESIGN.md, "Stack"), and the
+single-threaded processes did twice the work of one two-threaded process (docs/performance.md), and the
 same thread count everywhere makes local and Ray results identical.
 """
 
@@ -28,9 +28,9 @@ from vaefail.experiments.store import ResultsStore
 
 EXECUTORS = ("local", "ray")
 #: Environment of every worker: one XLA thread and one device each (two single-threaded processes did
-#: twice the work of one two-threaded process, DESIGN.md), and glibc malloc keeping large buffers instead
-#: of returning them to the OS after every step (DESIGN.md measured +7-15% for training, 2x for
-#: importance sampling). XLA's own thread flags (``--xla_cpu_multi_thread_eigen=false``) are ignored by
+#: twice the work of one two-threaded process, docs/performance.md), and glibc malloc keeping large buffers
+#: instead of returning them to the OS after every step (docs/performance.md: measured +7-15% for training,
+#: 2x for importance sampling). XLA's own thread flags (``--xla_cpu_multi_thread_eigen=false``) are ignored by
 #: jax 0.10 (same numbers and thread count with and without them), so ``VAEFAIL_XLA_THREADS`` limits it.
 WORKER_ENV = {
     "VAEFAIL_CPU_DEVICES": "1",  # a worker is one core already (vaefail._jax)

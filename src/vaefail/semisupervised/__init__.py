@@ -1,4 +1,4 @@
-"""Semi-supervised M2 on labelled benchmarks and on real data: functional collapse (DESIGN.md).
+"""Semi-supervised M2 on labelled benchmarks and on real data: functional collapse (docs/science.md).
 
 - :mod:`~vaefail.semisupervised.model` - the M2 model; encoder families ``"mean_field"`` (q(y|x) q(z|x))
   and ``"kingma"`` (q(y|x) q(z|x,y)).

@@ -31,7 +31,7 @@ class SemiSupervisedConfig(RestartProtocol):
         Weights of the labelled bound and of the labelled log q(y|x) term in J.
     labelled_fraction
         Fraction of the training (and, separately, validation) points whose labels the objective sees,
-        drawn balanced over classes (default 0.04: 200 of 5,000, as in DESIGN.md's prototype). 0 means
+        drawn balanced over classes (default 0.04: 200 of 5,000, as in docs/science.md's prototype). 0 means
         fully unsupervised, 1 fully supervised.
     latent_dim
         Latent dimension ``K`` of the model (the benchmarks' truth has ``K = 1``).
