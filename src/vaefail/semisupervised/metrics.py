@@ -33,8 +33,7 @@ from scipy.special import logsumexp
 from vaefail.benchmarks.labelled import LabelledBenchmark, LabelledDataset
 from vaefail.errors import require
 from vaefail.metrics._stats import check_x
-from vaefail.models import LOG_2PI
-from vaefail.quadrature import box_grid
+from vaefail.quadrature import box_grid, gaussian_log_marginal
 from vaefail.semisupervised.model import M2
 
 
@@ -96,16 +95,8 @@ def model_class_log_prob(
     xs = check_x(x, model.x_dim)
     nodes, log_w = box_grid(model.latent_dim, grid_size, bound)
     sigma = float(model.sigma)
-    const = -model.x_dim * (math.log(sigma) + 0.5 * LOG_2PI)
-    chunk = max(1, (1 << 20) // len(nodes))
-    out = np.empty((xs.shape[0], model.n_classes))
-    for c in range(model.n_classes):
-        means = decode_np(model, c, nodes)
-        for p in range(0, xs.shape[0], chunk):
-            diff = xs[p : p + chunk, None, :] - means[None]
-            log_lik = -0.5 * np.sum(diff**2, axis=-1) / sigma**2 + const
-            out[p : p + chunk, c] = logsumexp(log_lik + log_w, axis=1)
-    return out
+    return np.stack([gaussian_log_marginal(xs, decode_np(model, c, nodes), sigma, log_w)
+                     for c in range(model.n_classes)], axis=1)
 
 
 def sample_model(model: M2, key: jax.Array, y: int, n: int) -> np.ndarray:
