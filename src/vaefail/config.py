@@ -67,9 +67,11 @@ class RestartProtocol(ConfigDict):
         require(self.hidden_depth >= 0, f"hidden_depth must be >= 0, got {self.hidden_depth}")
         require(self.init_steps >= 0, f"init_steps must be >= 0, got {self.init_steps}")
         require(
-            self.learning_rate > 0 and 0 < self.final_lr_factor <= 1,
-            "need learning_rate > 0 and 0 < final_lr_factor <= 1",
+            math.isfinite(self.learning_rate) and self.learning_rate > 0,
+            f"learning_rate must be finite and > 0, got {self.learning_rate}",
         )
+        require(0 < self.final_lr_factor <= 1,
+                f"final_lr_factor must be in (0, 1], got {self.final_lr_factor}")
         require(self.tol >= 0, f"tol must be >= 0, got {self.tol}")
 
     @property
@@ -173,3 +175,6 @@ class FitConfig(RestartProtocol):
         check_objective(self.objective, self.num_samples)
         require(not self.dreg or self.objective == "iwae", "--dreg needs the 'iwae' objective")
         self.check_protocol()
+        # mini-batches are drawn with replacement: a batch larger than the data repeats points for nothing
+        require(self.batch_size <= self.n_train,
+                f"batch_size {self.batch_size} is larger than the {self.n_train} training points (n_train)")

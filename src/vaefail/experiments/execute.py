@@ -20,7 +20,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from vaefail.errors import ConfigError, VaefailError, unknown_name
 from vaefail.experiments.store import ResultsStore
@@ -304,7 +312,7 @@ def _env(**values: str) -> Iterator[None]:
 def _bar(enabled: bool, total: int) -> Iterator[Callable[[], None]]:
     with Progress(
         TextColumn("[bold]configurations"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        disable=not enabled,
+        TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled,
     ) as bar:
         task = bar.add_task("configurations", total=total)
         yield lambda: bar.update(task, advance=1)

@@ -348,7 +348,7 @@ def evaluation_table(report: dict[str, Any], title: str | None = None) -> Table:
         row("", "I(x; z)", _est(mi["total"]),
             f"leave-one-out {_num(mi['total_loo'])}; cap log M = {_num(mi['log_mixture_size'], 2)}")
         row("", "active units", f"{mi['active_units']} / {len(mi['per_dim'])}",
-            "Var_x E\\[z_i|x] > " + _num(mi["active_threshold"], 2) + ": "
+            "Var_x E[z_i|x] > " + _num(mi["active_threshold"], 2) + ": "
             + ", ".join(_num(a, 3) for a in mi["activity"]))
     else:
         row("information", "I(x; z_i)", "n/a", "not requested")

@@ -7,19 +7,17 @@ parameters, stacked), ``restarts.csv`` and ``summary.json``.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import equinox as eqx
 import jax
 import pandas as pd
 
 from vaefail.benchmarks import LabelledBenchmark, get_benchmark
-from vaefail.errors import StoreError, VaefailError
-from vaefail.results import run_files
+from vaefail.errors import StoreError
+from vaefail.results import read_run_folder, run_files
 from vaefail.semisupervised.config import SemiSupervisedConfig
 from vaefail.semisupervised.model import M2
 from vaefail.training import take
@@ -89,23 +87,10 @@ class SemiSupervisedResult:
         """Read a folder written by :meth:`save` (or :meth:`to_files`)."""
         from vaefail.semisupervised.training import init_m2_models
 
-        path = Path(path)
-        missing = [f for f in RUN_FILES if not (path / f).is_file()]
-        if not path.is_dir() or missing:
-            raise StoreError(f"{path} is not an M2 run folder (missing {', '.join(missing) or 'folder'})")
-        try:
-            meta = json.loads((path / "config.json").read_text())
-            if meta.get("format") != RUN_FORMAT:
-                raise StoreError(f"{path} has format {meta.get('format')!r}; expected {RUN_FORMAT!r}")
-            config = SemiSupervisedConfig.from_dict(meta["config"])
+        def skeleton(config: SemiSupervisedConfig) -> M2:
             bench = get_benchmark(config.benchmark, **config.benchmark_params)
             keys = list(jax.random.split(jax.random.PRNGKey(0), config.restarts))
-            skeleton = init_m2_models(config, bench, keys)  # type: ignore[arg-type]
-            models = eqx.tree_deserialise_leaves(path / "models.eqx", skeleton)
-            restarts = pd.read_csv(path / "restarts.csv")
-            summary = json.loads((path / "summary.json").read_text())
-        except VaefailError:
-            raise
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise StoreError(f"{path} is a damaged M2 run folder: {err}") from err
-        return cls(config, models, restarts, int(meta["selected"]), summary)
+            return init_m2_models(config, bench, keys)  # type: ignore[arg-type]
+
+        parts = read_run_folder(path, RUN_FORMAT, SemiSupervisedConfig.from_dict, skeleton)
+        return cls(parts.config, parts.models, parts.restarts, parts.selected, parts.summary)
