@@ -67,11 +67,9 @@ def fit(
     return fit_config(config, bench, truth=truth, progress=progress)
 
 
-def fit_config(
-    config: FitConfig, benchmark: Benchmark | None = None, *, truth: bool = False,
-    progress: bool = False,
-) -> FitResult:
-    """:func:`fit` from a :class:`FitConfig`."""
+def fit_benchmark(config: FitConfig, benchmark: Benchmark | None = None) -> Benchmark:
+    """The benchmark ``config`` fits (built from its name and parameters unless given), checked: raises
+    :class:`~vaefail.errors.ConfigError` for an unknown name, bad parameters or a labelled benchmark."""
     if benchmark is None:
         benchmark = get_benchmark(config.benchmark, **config.benchmark_params)
     if benchmark.labelled:
@@ -79,6 +77,15 @@ def fit_config(
             f"{benchmark.name!r} is a labelled benchmark: fit it with "
             "vaefail.semisupervised.run_semisupervised, not the unsupervised fit"
         )
+    return benchmark
+
+
+def fit_config(
+    config: FitConfig, benchmark: Benchmark | None = None, *, truth: bool = False,
+    progress: bool = False,
+) -> FitResult:
+    """:func:`fit` from a :class:`FitConfig`."""
+    benchmark = fit_benchmark(config) if benchmark is None else fit_benchmark(config, benchmark)
     splits = benchmark.splits(config.n_train, config.n_val, config.n_test, seed=config.split_seed)
     outcome = train_restarts(benchmark, splits, config, progress=progress)
     eval_key = jax.random.PRNGKey(config.seed + 1_000_003)

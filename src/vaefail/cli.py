@@ -33,6 +33,8 @@ _NoArgsIsHelp = getattr(_click_errors, "NoArgsIsHelpError", ())
 #: Largest ``sample -n``: the samples are held in memory and written as one CSV (10^7 rows of a 2-D
 #: benchmark are about 0.5 GB of text); beyond it XLA aborts natively instead of raising.
 MAX_SAMPLES = 10_000_000
+#: Largest ``evaluate --samples``: k-hat keeps the ~3 sqrt(S) largest weights of every point in memory.
+MAX_IMPORTANCE_SAMPLES = 100_000
 
 
 class OneLineErrors(TyperGroup):
@@ -52,7 +54,7 @@ class OneLineErrors(TyperGroup):
             where = f" (see `{err.ctx.command_path} --help`)" if getattr(err, "ctx", None) else ""
             err_console.print(Text.assemble(("error: ", "bold red"), err.format_message() + where))
             code = err.exit_code
-        except _click_errors.Abort:
+        except typer.Abort:
             err_console.print("aborted", markup=False)
             code = 1
         else:
@@ -110,6 +112,13 @@ def _root(
     """Failure modes of VAEs: ground-truth benchmarks, restart-protocol training, honest metrics."""
 
 
+def _check_seed(seed: int) -> None:
+    from vaefail.config import MAX_SEED
+
+    if not 0 <= seed <= MAX_SEED:
+        raise DataError(f"--seed must be in [0, {MAX_SEED}], got {seed}")
+
+
 def _parse_params(items: list[str] | None) -> dict[str, Any]:
     """``["beta=100", "w=[1,2]"]`` -> ``{"beta": 100, "w": [1, 2]}`` (values parsed as JSON)."""
     params: dict[str, Any] = {}
@@ -157,6 +166,7 @@ def sample_cmd(
 
     from vaefail.benchmarks import get_benchmark
 
+    _check_seed(seed)
     if not 1 <= n <= MAX_SAMPLES:
         raise DataError(f"-n must be between 1 and {MAX_SAMPLES:,} (held in memory and written as one "
                         f"CSV; use several --seed values for more), got {n}")
@@ -199,7 +209,7 @@ def fit_cmd(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Fit a VAE/IWAE with the paper's restart protocol and print the per-restart table."""
-    from vaefail.api import fit_config
+    from vaefail.api import fit_benchmark, fit_config
     from vaefail.config import FitConfig
     from vaefail.results import check_writable
 
@@ -209,9 +219,10 @@ def fit_cmd(
         dreg=dreg, sigma_eps=sigma_eps, learn_sigma=learn_sigma, batch_size=batch_size,
         learning_rate=learning_rate, init_steps=init_steps, converge=converge,
     )
+    bench = fit_benchmark(config)
     if out is not None:
         check_writable(out, overwrite=overwrite)
-    result = fit_config(config, truth=truth, progress=not quiet)
+    result = fit_config(config, bench, truth=truth, progress=not quiet)
     print_result(result)
     if out is not None:
         result.save(out, overwrite=overwrite)
@@ -272,8 +283,11 @@ def evaluate_cmd(
     from vaefail.metrics.evaluate import evaluate_run, evaluation_table
     from vaefail.results import FitResult
 
-    if samples < 1:
-        raise DataError(f"--samples must be >= 1, got {samples}")
+    if not 1 <= samples <= MAX_IMPORTANCE_SAMPLES:
+        raise DataError(f"--samples must be between 1 and {MAX_IMPORTANCE_SAMPLES:,}, got {samples}")
+    _check_seed(seed)
+    if split not in ("train", "val", "test"):
+        raise DataError(f"--split must be train, val or test, got {split!r}")
     if json_out is not None:
         check_output_file(json_out, "--json")
     result = FitResult.load(run_dir)
@@ -301,18 +315,30 @@ def reproduce_cmd(
     only: Annotated[list[str] | None, typer.Option(
         help="Run part of the grid: KEY=VALUE[,VALUE...] on a table label (benchmark, objective, "
              "latent_dim, sigma_mode, ...); repeat for several keys.")] = None,
+    reuse_stale: Annotated[bool, typer.Option(
+        help="Keep stored configurations computed by another version of the code (marked in the "
+             "report) instead of computing them again.")] = False,
 ) -> None:
     """Reproduce the paper's experiments: tables, figures, claims.json and report.html under --out."""
     from vaefail.experiments.grid import parse_only
     from vaefail.experiments.reproduce import reproduce
 
+    if workers is not None and workers < 1:
+        raise DataError(f"--workers must be >= 1, got {workers}")
     result = reproduce(experiment, preset, out, executor=executor, address=address, repeats=repeats,
-                       workers=workers, progress=not quiet, only=parse_only(only or []))
+                       workers=workers, progress=not quiet, only=parse_only(only or []),
+                       reuse_stale=reuse_stale)
     for name, table in result.tables.items():
         print_table(name, table)
     for claim in result.claims:
         mark = {True: "[green]reproduced[/]", False: "[red]not reproduced[/]"}.get(claim["reproduced"], "n/a")
         console.print(f"{mark}  {claim['id']}: ", Text(claim["comparison"]))
+    if result.stale_recomputed:
+        console.print(f"recomputed {result.stale_recomputed} configurations computed by another version of "
+                      "the code (different fingerprint)", markup=False)
+    if result.stale_kept:
+        console.print(f"kept {len(result.stale_kept)} configurations computed by another version of the "
+                      "code (--reuse-stale; marked in the report)", markup=False)
     console.print(f"computed {result.computed} new configurations; outputs in {result.out} "
                   f"(report: {result.out / 'report.html'})", markup=False)
 

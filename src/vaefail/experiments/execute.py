@@ -16,7 +16,7 @@ import multiprocessing
 import os
 import socket
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -58,8 +58,9 @@ def execute(
     address: str | None = None,
     workers: int | None = None,
     progress: bool = True,
+    redo: Collection[str] = (),
 ) -> int:
-    """Run every job whose key is not yet in ``store``; returns how many were computed.
+    """Run every job whose key is not yet in ``store`` or is in ``redo``; returns how many were computed.
 
     Parameters
     ----------
@@ -73,9 +74,13 @@ def execute(
         ``"local"``: ``workers`` processes on this machine (default: the number of cores; 1 runs in this
         process). ``"ray"``: one Ray task per configuration on the cluster at ``address`` (default: start
         a local Ray instance).
+    redo
+        Keys to compute again although they are in the store (stale results); each new result replaces
+        the old folder.
     """
     check_executor(executor, address)
-    todo = list({k: s for k, s in jobs if not store.has(k)}.items())
+    redo = set(redo)
+    todo = list({k: s for k, s in jobs if k in redo or not store.has(k)}.items())
     todo = schedule(todo)
     if not todo:
         return 0
@@ -88,7 +93,7 @@ def execute(
         else:
             results = _run_pool(todo, run, workers)
         for key, files in results:
-            store.put(key, files)
+            store.put(key, files, replace=key in redo)
             advance()
     return len(todo)
 
@@ -134,11 +139,14 @@ def estimated_cost(spec: dict[str, Any]) -> float:
 
 
 def check_executor(executor: str, address: str | None) -> None:
-    """Raise a clear error for an unknown executor or an address without Ray."""
+    """Raise a clear error for an unknown executor, an address without Ray, or an address that is not
+    HOST:PORT or where nothing listens."""
     if executor not in EXECUTORS:
         raise unknown_name("executor", executor, EXECUTORS)
     if address is not None and executor != "ray":
         raise ConfigError("--address needs --executor ray")
+    if address is not None:  # before anything is computed or written
+        _check_reachable(address)
 
 
 #: Fields of a task's ``fit`` that decide which XLA programs it compiles (array shapes and the static
