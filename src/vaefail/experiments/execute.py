@@ -254,6 +254,11 @@ def _stop_workers(pool: cf.ProcessPoolExecutor) -> None:
 
 
 def _run_ray(todo: list[Job], run: Callable, address: str | None, workers: int):
+    if address is not None and _is_loopback(address):
+        # A cluster on this machine's loopback interface (``ray start --head --node-ip-address 127.0.0.1``):
+        # Ray would otherwise rewrite 127.0.0.1 to the machine's outward address, where it does not listen,
+        # and retry for minutes. Read by Ray when it is imported (below, in a fresh process).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
     except ImportError:
@@ -284,6 +289,11 @@ def _run_ray(todo: list[Job], run: Callable, address: str | None, workers: int):
                 yield pending.pop(ref), ray.get(ref)
     finally:
         ray.shutdown()
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.removeprefix("ray://").rpartition(":")[0]
+    return host in ("localhost", "::1", "[::1]") or host.startswith("127.")
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
