@@ -37,6 +37,8 @@ TINY = ["--restarts", "2", "--steps", "100", "--init-steps", "20", "--no-truth",
 #: The smallest sweeps: table1 at the smoke preset, figure8, VAE, fixed sigma_eps, K = 1 (and 2).
 ONE = {"benchmark": ["figure8"], "objective": ["vae"], "latent_dim": ["1"], "sigma_mode": ["fixed"]}
 TWO = {**ONE, "latent_dim": ["1", "2"]}
+ONE_ARGS = ["--only", "benchmark=figure8", "--only", "objective=vae", "--only", "latent_dim=1",
+            "--only", "sigma_mode=fixed"]
 TWO_ARGS = ["--only", "benchmark=figure8", "--only", "objective=vae", "--only", "latent_dim=1,2",
             "--only", "sigma_mode=fixed"]
 
@@ -125,8 +127,7 @@ def test_reproduce_recomputes_stale_results_or_keeps_and_marks_them(tmp_path):
     # pretend an older version computed it
     (out / "runs" / key / "provenance.json").write_text(json.dumps({**provenance, "fingerprint": "0" * 16}))
     kept = runner.invoke(app, ["reproduce", "table1", "--preset", "smoke", "--repeats", "1", "--workers", "1",
-                               "--quiet", "--out", str(out), "--reuse-stale", *TWO_ARGS[:6],
-                               "--only", "sigma_mode=fixed"])
+                               "--quiet", "--out", str(out), "--reuse-stale", *ONE_ARGS])
     assert kept.exit_code == 0, kept.output
     assert "kept 1 configurations computed by another version" in kept.stdout
     assert "computed 0 new configurations" in kept.stdout
@@ -201,19 +202,6 @@ def _running_task(node) -> int | None:
     return None
 
 
-_TASK_ATTEMPTS = """
-import json, sys, warnings
-warnings.simplefilter("ignore")
-import ray
-from ray.util.state import list_tasks
-ray.init(address=sys.argv[1], log_to_driver=False, logging_level="ERROR")
-tasks = list_tasks(filters=[("func_or_class_name", "=", "run_task")], detail=True, limit=1000,
-                   raise_on_missing_output=False)
-print(json.dumps(sorted([t.state, t.attempt_number] for t in tasks)))
-ray.shutdown()
-"""
-
-
 @pytest.mark.slow
 def test_killing_a_ray_node_mid_task_loses_nothing(tmp_path, local_table):
     """Ray's multi-node test cluster on 127.0.0.1 (a head without CPUs and two one-CPU worker nodes);
@@ -249,14 +237,14 @@ def test_killing_a_ray_node_mid_task_loses_nothing(tmp_path, local_table):
         assert "computed 2 new configurations" in stdout
         assert len(_runs(out)) == 2 and not list((out / "runs").glob(".tmp-*"))
         pd.testing.assert_frame_equal(pd.read_csv(out / "table1.csv"), local_table)
-        attempts = subprocess.run([sys.executable, "-c", _TASK_ATTEMPTS, cluster.address], text=True,
-                                  capture_output=True, timeout=120,
-                                  env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
-        if attempts.returncode == 0:
-            states = json.loads(attempts.stdout.strip().splitlines()[-1])
-            print(f"\nRay task attempts (state, attempt): {states}")
-            assert sum(s == "FINISHED" for s, _ in states) == 2  # each configuration computed to the end once
-            assert any(a >= 1 for _, a in states)  # the interrupted task was retried
+        # every task execution starts with a ":task_name:run_task" line in its worker's log: the two
+        # configurations, plus the retry of the one on the killed node
+        logs = Path(cluster.head_node.get_session_dir_path()) / "logs"
+        executions = sum(f.read_text(errors="replace").count(":task_name:run_task")
+                         for f in logs.glob("worker-*.out"))
+        print(f"\nRay fault test: 1 node killed mid-task, {executions} task executions for 2 configurations "
+              f"({executions - 2} retried), {2 - len(_runs(out))} configurations lost, tables identical")
+        assert executions == 3
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()

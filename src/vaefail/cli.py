@@ -178,7 +178,7 @@ def sample_cmd(
     if bench.labelled:
         cols["y"] = data.y
     write_atomic(out, pd.DataFrame(cols).to_csv(index=False).encode())
-    console.print(f"wrote {n} samples of {bench.name} to {out}", markup=False)
+    console.print(f"wrote {n} samples of {bench.name} to {out}", markup=False, soft_wrap=True)
 
 
 @app.command("fit")
@@ -226,7 +226,7 @@ def fit_cmd(
     print_result(result)
     if out is not None:
         result.save(out, overwrite=overwrite)
-        console.print(f"saved run to {out}", markup=False)
+        console.print(f"saved run to {out}", markup=False, soft_wrap=True)
 
 
 def print_result(result: Any) -> None:
@@ -297,7 +297,7 @@ def evaluate_cmd(
     console.print(evaluation_table(report))
     if json_out is not None:
         write_atomic(json_out, json.dumps(report, indent=2).encode())
-        console.print(f"wrote {json_out}", markup=False)
+        console.print(f"wrote {json_out}", markup=False, soft_wrap=True)
 
 
 @app.command("reproduce")
@@ -335,12 +335,12 @@ def reproduce_cmd(
         console.print(f"{mark}  {claim['id']}: ", Text(claim["comparison"]))
     if result.stale_recomputed:
         console.print(f"recomputed {result.stale_recomputed} configurations computed by another version of "
-                      "the code (different fingerprint)", markup=False)
+                      "the code (different fingerprint)", markup=False, soft_wrap=True)
     if result.stale_kept:
         console.print(f"kept {len(result.stale_kept)} configurations computed by another version of the "
-                      "code (--reuse-stale; marked in the report)", markup=False)
+                      "code (--reuse-stale; marked in the report)", markup=False, soft_wrap=True)
     console.print(f"computed {result.computed} new configurations; outputs in {result.out} "
-                  f"(report: {result.out / 'report.html'})", markup=False)
+                  f"(report: {result.out / 'report.html'})", markup=False, soft_wrap=True)
 
 
 def print_table(name: str, frame: Any) -> None:
