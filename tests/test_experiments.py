@@ -16,7 +16,7 @@ import pytest
 from vaefail.errors import ConfigError, StoreError, UnknownNameError, VaefailError
 from vaefail.experiments.grid import EXPERIMENTS, load_experiment, load_experiments, parse_only, select
 from vaefail.experiments.reproduce import reproduce, task_key
-from vaefail.experiments.store import ResultsStore, config_hash
+from vaefail.experiments.store import ABANDONED_AFTER, ResultsStore, config_hash
 
 
 def test_every_grid_expands_and_validates_at_every_preset():
@@ -81,10 +81,14 @@ def test_store_put_is_atomic_and_first_writer_wins(tmp_path):
     assert not store.put("k", {"metrics.json": b'{"a": 2}'})  # a second writer discards its copy
     assert store.metrics("k") == {"a": 1} and store.has("k")
     assert not list(store.runs.glob(".tmp-*"))
-    # a dead writer's leftovers are cleaned up when the store is opened again
+    # a killed writer's leftovers are cleaned up by age, not by process id: a fresh temporary folder may
+    # belong to a live writer on another host sharing the store (its process id means nothing here)
     (store.runs / ".tmp-j-999999999-abcd").mkdir()
+    (store.runs / ".tmp-k-1-live").mkdir()
+    hour_ago = time.time() - ABANDONED_AFTER - 60
+    os.utime(store.runs / ".tmp-j-999999999-abcd", (hour_ago, hour_ago))
     ResultsStore(tmp_path / "s")
-    assert not list(store.runs.glob(".tmp-*"))
+    assert [p.name for p in store.runs.glob(".tmp-*")] == [".tmp-k-1-live"]
 
 
 def test_store_refuses_incompatible_or_foreign_folders(tmp_path):

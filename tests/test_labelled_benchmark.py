@@ -65,7 +65,7 @@ def test_unsupervised_signature_gives_clear_error(bench):
 def test_vaefail_fit_rejects_labelled_benchmark():
     with pytest.raises(ConfigError, match="labelled"):
         vaefail.fit("semicircle", restarts=2, steps=10, init_steps=10, eval_every=10, n_train=50, n_val=20,
-                    n_test=20)
+                    n_test=20, batch_size=16)
 
 
 def test_semicircle_decoder_formula():

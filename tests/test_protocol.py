@@ -78,11 +78,12 @@ def test_an_unknown_family_in_a_run_folder_is_a_clear_error(tmp_path, linear_ben
 
     from vaefail.errors import StoreError
 
-    config = FitConfig(benchmark="linear", restarts=1, truth_restarts=0, steps=50, eval_every=50, n_train=100,
+    config = FitConfig(benchmark="linear", restarts=1, truth_restarts=0, steps=50, eval_every=50, n_train=300,
                        n_val=50, n_test=50, converge=False)
     path = vaefail.fit_config(config, linear_bench).save(tmp_path / "run")
     meta = json.loads((path / "config.json").read_text())
     meta["family"] = "no.such.module:Family"
+    del meta["checksums"]  # a run written without them (or by hand): the family is what is wrong
     (path / "config.json").write_text(json.dumps(meta))
     with pytest.raises(StoreError, match="unknown model family"):
         FitResult.load(path)

@@ -6,7 +6,7 @@ from typing import Any
 
 from vaefail.benchmarks import Benchmark, get_benchmark
 from vaefail.config import FitConfig
-from vaefail.mfg import MFG
+from vaefail.mfg import MFG, require_unlabelled
 from vaefail.protocol import fit_family
 from vaefail.results import FitResult
 
@@ -63,11 +63,17 @@ def fit(
     return fit_config(config, bench, truth=truth, progress=progress)
 
 
+def fit_benchmark(config: FitConfig, benchmark: Benchmark | None = None) -> Benchmark:
+    """The benchmark ``config`` fits (built from its name and parameters unless given), checked: raises
+    :class:`~vaefail.errors.ConfigError` for an unknown name, bad parameters or a labelled benchmark."""
+    if benchmark is None:
+        benchmark = get_benchmark(config.benchmark, **config.benchmark_params)
+    return require_unlabelled(benchmark)
+
+
 def fit_config(
     config: FitConfig, benchmark: Benchmark | None = None, *, truth: bool = False,
     progress: bool = False,
 ) -> FitResult:
     """:func:`fit` from a :class:`FitConfig` (:func:`vaefail.protocol.fit_family` of the MFG family)."""
-    if benchmark is None:
-        benchmark = get_benchmark(config.benchmark, **config.benchmark_params)
-    return fit_family(MFG, config, benchmark, truth=truth, progress=progress)
+    return fit_family(MFG, config, fit_benchmark(config, benchmark), truth=truth, progress=progress)

@@ -1,11 +1,13 @@
 """The ``vaefail`` command line: a thin layer over the Python API.
 
-Every error a user can cause (:class:`vaefail.errors.VaefailError`) ends in one readable line on stderr
-and exit code 2, never a traceback.
+Every error a user can cause (:class:`vaefail.errors.VaefailError`, and the usage errors Typer/Click
+detect, such as ``-n abc``) ends in one readable line on stderr and exit code 2, never a traceback.
+Output paths are checked before any computation; progress goes to stderr, results to stdout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -17,9 +19,58 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
-from vaefail._io import write_atomic
+from vaefail._io import check_output_file, write_atomic
 from vaefail.errors import DataError, VaefailError
+
+try:  # Typer >= 0.2x vendors Click as typer._click; older Typer uses Click itself
+    from typer._click import exceptions as _click_errors
+except ImportError:  # pragma: no cover
+    from click import exceptions as _click_errors
+_NoArgsIsHelp = getattr(_click_errors, "NoArgsIsHelpError", ())
+
+#: Largest ``sample -n``: the samples are held in memory and written as one CSV (10^7 rows of a 2-D
+#: benchmark are about 0.5 GB of text); beyond it XLA aborts natively instead of raising.
+MAX_SAMPLES = 10_000_000
+#: Largest ``evaluate --samples``: k-hat keeps the ~3 sqrt(S) largest weights of every point in memory.
+MAX_IMPORTANCE_SAMPLES = 100_000
+
+
+class OneLineErrors(TyperGroup):
+    """Typer's command group, with Click's usage errors (unknown option, ``-n abc``, a missing
+    argument) printed as one ``error:`` line on stderr, exit code 2, instead of a multi-line box."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NoArgsIsHelp as err:  # `vaefail` alone: the help, as Typer shows it
+            from typer import rich_utils
+
+            rich_utils.rich_format_error(err)
+            code = err.exit_code
+        except _click_errors.ClickException as err:
+            where = f" (see `{err.ctx.command_path} --help`)" if getattr(err, "ctx", None) else ""
+            err_console.print(Text.assemble(("error: ", "bold red"), err.format_message() + where))
+            code = err.exit_code
+        except typer.Abort:
+            err_console.print("aborted", markup=False)
+            code = 1
+        else:
+            code = rv if isinstance(rv, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _version(value: bool) -> None:
+    if value:
+        from vaefail import __version__
+
+        print(f"vaefail {__version__}")
+        raise typer.Exit()
+
 
 app = typer.Typer(
     name="vaefail",
@@ -27,6 +78,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=OneLineErrors,
 )
 console = Console(highlight=False)
 if not console.is_terminal:  # pipes and logs: wide enough that tables are not squeezed
@@ -50,6 +102,21 @@ def friendly(func: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Failure modes of VAEs: ground-truth benchmarks, restart-protocol training, honest metrics."""
+
+
+def _check_seed(seed: int) -> None:
+    from vaefail.config import MAX_SEED
+
+    if not 0 <= seed <= MAX_SEED:
+        raise DataError(f"--seed must be in [0, {MAX_SEED}], got {seed}")
 
 
 def _parse_params(items: list[str] | None) -> dict[str, Any]:
@@ -78,7 +145,9 @@ def benchmarks_cmd() -> None:
     for name in list_benchmarks():
         b = get_benchmark(name)
         params = ", ".join(f"{k}={v}" for k, v in b.params().items() if k != "sigma_eps")
-        table.add_row(name, str(b.x_dim), str(b.latent_dim), f"{b.sigma_eps:.4g}", params, b.summary)
+        # plain Text: summaries hold brackets ("x = [cos a_y, sin a_y] + eps") that Rich reads as markup
+        cells = (name, str(b.x_dim), str(b.latent_dim), f"{b.sigma_eps:.4g}", params, b.summary)
+        table.add_row(*(Text(c) for c in cells))
     console.print(table)
 
 
@@ -97,16 +166,19 @@ def sample_cmd(
 
     from vaefail.benchmarks import get_benchmark
 
-    if n < 1:
-        raise DataError(f"-n must be >= 1, got {n}")
+    _check_seed(seed)
+    if not 1 <= n <= MAX_SAMPLES:
+        raise DataError(f"-n must be between 1 and {MAX_SAMPLES:,} (held in memory and written as one "
+                        f"CSV; use several --seed values for more), got {n}")
     bench = get_benchmark(benchmark, **_parse_params(param))
+    check_output_file(out, "--out")
     data = bench.sample(jax.random.PRNGKey(seed), n)
     cols = {f"x{i}": data.x[:, i] for i in range(bench.x_dim)}
     cols |= {f"z{i}": data.z[:, i] for i in range(data.z.shape[1])}
     if bench.labelled:
         cols["y"] = data.y
     write_atomic(out, pd.DataFrame(cols).to_csv(index=False).encode())
-    console.print(f"wrote {n} samples of {bench.name} to {out}")
+    console.print(f"wrote {n} samples of {bench.name} to {out}", markup=False, soft_wrap=True)
 
 
 @app.command("fit")
@@ -116,8 +188,12 @@ def fit_cmd(
     objective: Annotated[str, typer.Option(help="vae or iwae.")] = "vae",
     latent_dim: Annotated[int, typer.Option("--latent-dim", "-k", help="Latent dimension K.")] = 1,
     out: Annotated[Path | None, typer.Option(help="Run folder to write.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder at --out.")] = False,
     restarts: Annotated[int, typer.Option(help="Number of restarts (half from the truth).")] = 10,
-    steps: Annotated[int, typer.Option(help="Maximum training steps.")] = 30000,
+    steps: Annotated[int, typer.Option(
+        help="Maximum training steps of the restarts. The truth-started restarts first run two phases "
+             "of --init-steps each, and --truth another two plus its encoder fit: not bounded by --steps."
+    )] = 30000,
     seed: Annotated[int, typer.Option(help="PRNG seed.")] = 0,
     num_samples: Annotated[int, typer.Option("--samples", "-s", help="IWAE samples S.")] = 20,
     dreg: Annotated[bool, typer.Option(help="DReG gradients (iwae).")] = False,
@@ -125,14 +201,15 @@ def fit_cmd(
     learn_sigma: Annotated[bool, typer.Option(help="Learn sigma_eps.")] = False,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 256,
     learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-2,
-    init_steps: Annotated[int, typer.Option(help="Steps of each truth-initialisation phase.")] = 3000,
+    init_steps: Annotated[int, typer.Option(
+        help="Steps of each truth-initialisation phase (decoder to f_gt, then its encoder).")] = 3000,
     converge: Annotated[bool, typer.Option(help="Stop when the validation bound converges.")] = True,
     truth: Annotated[bool, typer.Option(help="Also fit the true decoder's best encoder.")] = True,
     param: Annotated[list[str] | None, typer.Option(help="Benchmark parameter NAME=VALUE.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Fit a VAE/IWAE with the paper's restart protocol and print the per-restart table."""
-    from vaefail.api import fit_config
+    from vaefail.api import fit_benchmark, fit_config
     from vaefail.config import FitConfig
     from vaefail.results import check_writable
 
@@ -142,13 +219,14 @@ def fit_cmd(
         dreg=dreg, sigma_eps=sigma_eps, learn_sigma=learn_sigma, batch_size=batch_size,
         learning_rate=learning_rate, init_steps=init_steps, converge=converge,
     )
+    bench = fit_benchmark(config)
     if out is not None:
-        check_writable(out)
-    result = fit_config(config, truth=truth, progress=not quiet)
+        check_writable(out, overwrite=overwrite)
+    result = fit_config(config, bench, truth=truth, progress=not quiet)
     print_result(result)
     if out is not None:
-        result.save(out)
-        console.print(f"saved run to {out}")
+        result.save(out, overwrite=overwrite)
+        console.print(f"saved run to {out}", markup=False, soft_wrap=True)
 
 
 def print_result(result: Any) -> None:
@@ -197,6 +275,7 @@ def evaluate_cmd(
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics as JSON here.")] = None,
     seed: Annotated[int, typer.Option(help="PRNG seed of the estimators.")] = 0,
+    quiet: Annotated[bool, typer.Option(help="No progress display.")] = False,
 ) -> None:
     """Evaluate a fitted run: likelihoods, ELBO split, MI, posterior quality, failure checks."""
     import jax
@@ -204,14 +283,21 @@ def evaluate_cmd(
     from vaefail.metrics.evaluate import evaluate_run, evaluation_table
     from vaefail.results import FitResult
 
-    if samples < 1:
-        raise DataError(f"--samples must be >= 1, got {samples}")
+    if not 1 <= samples <= MAX_IMPORTANCE_SAMPLES:
+        raise DataError(f"--samples must be between 1 and {MAX_IMPORTANCE_SAMPLES:,}, got {samples}")
+    _check_seed(seed)
+    if split not in ("train", "val", "test"):
+        raise DataError(f"--split must be train, val or test, got {split!r}")
+    if json_out is not None:
+        check_output_file(json_out, "--json")
     result = FitResult.load(run_dir)
-    report = evaluate_run(result, jax.random.PRNGKey(seed), num_samples=samples, split=split)
+    with err_console.status(f"evaluating {run_dir} ({split} split, {samples} importance samples per "
+                            "point; the first call compiles)", spinner="dots") if not quiet else _nothing():
+        report = evaluate_run(result, jax.random.PRNGKey(seed), num_samples=samples, split=split)
     console.print(evaluation_table(report))
     if json_out is not None:
         write_atomic(json_out, json.dumps(report, indent=2).encode())
-        console.print(f"wrote {json_out}")
+        console.print(f"wrote {json_out}", markup=False, soft_wrap=True)
 
 
 @app.command("reproduce")
@@ -229,20 +315,32 @@ def reproduce_cmd(
     only: Annotated[list[str] | None, typer.Option(
         help="Run part of the grid: KEY=VALUE[,VALUE...] on a table label (benchmark, objective, "
              "latent_dim, sigma_mode, ...); repeat for several keys.")] = None,
+    reuse_stale: Annotated[bool, typer.Option(
+        help="Keep stored configurations computed by another version of the code (marked in the "
+             "report) instead of computing them again.")] = False,
 ) -> None:
     """Reproduce the paper's experiments: tables, figures, claims.json and report.html under --out."""
     from vaefail.experiments.grid import parse_only
     from vaefail.experiments.reproduce import reproduce
 
+    if workers is not None and workers < 1:
+        raise DataError(f"--workers must be >= 1, got {workers}")
     result = reproduce(experiment, preset, out, executor=executor, address=address, repeats=repeats,
-                       workers=workers, progress=not quiet, only=parse_only(only or []))
+                       workers=workers, progress=not quiet, only=parse_only(only or []),
+                       reuse_stale=reuse_stale)
     for name, table in result.tables.items():
         print_table(name, table)
     for claim in result.claims:
         mark = {True: "[green]reproduced[/]", False: "[red]not reproduced[/]"}.get(claim["reproduced"], "n/a")
         console.print(f"{mark}  {claim['id']}: ", Text(claim["comparison"]))
+    if result.stale_recomputed:
+        console.print(f"recomputed {result.stale_recomputed} configurations computed by another version of "
+                      "the code (different fingerprint)", markup=False, soft_wrap=True)
+    if result.stale_kept:
+        console.print(f"kept {len(result.stale_kept)} configurations computed by another version of the "
+                      "code (--reuse-stale; marked in the report)", markup=False, soft_wrap=True)
     console.print(f"computed {result.computed} new configurations; outputs in {result.out} "
-                  f"(report: {result.out / 'report.html'})")
+                  f"(report: {result.out / 'report.html'})", markup=False, soft_wrap=True)
 
 
 def print_table(name: str, frame: Any) -> None:
@@ -260,8 +358,13 @@ def print_table(name: str, frame: Any) -> None:
                 cells.append(f"{v:.3f}" + (f" ± {std:.3f}" if std is not None and std == std else ""))
             else:
                 cells.append(str(v))
-        table.add_row(*cells)
+        table.add_row(*(Text(c) for c in cells))
     console.print(table)
+
+
+@contextlib.contextmanager
+def _nothing() -> Any:
+    yield
 
 
 def main() -> None:

@@ -41,6 +41,34 @@ class ConfigDict:
         return cls(**data)
 
 
+#: Largest accepted value of each size, so that a typo (``--restarts 100000000``) is one clear error instead
+#: of an out-of-memory kill or a native XLA abort. Each is far above what the paper uses (10 restarts,
+#: K <= 3, S = 20, 2 x 50 networks, 5,000 training points); all restarts' validation bounds are computed
+#: in one vectorised call, so their memory grows with ``restarts x n_val x samples x hidden_width``.
+LIMITS = {
+    "restarts": 100, "latent_dim": 64, "num_samples": 10_000, "eval_samples": 10_000, "hidden_width": 4096,
+    "hidden_depth": 32, "n_train": 10_000_000, "n_val": 1_000_000, "n_test": 1_000_000,
+    "batch_size": 100_000, "steps": 100_000_000, "init_steps": 100_000_000,
+}
+#: Largest ``batch_size x S`` (the (point, sample) pairs of one training step, all in memory at once for
+#: every restart of a group): the paper's 256 x 20 is 5,120.
+MAX_PAIRS_PER_STEP = 1_000_000
+#: Seeds are 32-bit (``jax.random.PRNGKey`` keeps only the low 32 bits: 2**32 + 5 would equal 5).
+MAX_SEED = 2**31 - 1
+
+
+def check_limits(config: object) -> None:
+    """Raise :class:`ConfigError` for a field above :data:`LIMITS` or a seed outside ``[0, MAX_SEED]``."""
+    for name, top in LIMITS.items():
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > top:
+            raise ConfigError(f"{name} must be <= {top:,}, got {value:,}")
+    for name in ("seed", "data_seed"):
+        value = getattr(config, name, None)
+        if value is not None and not (isinstance(value, int) and 0 <= value <= MAX_SEED):
+            raise ConfigError(f"{name} must be an integer in [0, {MAX_SEED}], got {value!r}")
+
+
 class RestartProtocol(ConfigDict):
     """What the unsupervised and the semi-supervised configs share: the restart protocol's fields
     (``restarts``, ``truth_restarts``, the optimiser's budget, the stopping rule, the networks, the splits and
@@ -59,6 +87,8 @@ class RestartProtocol(ConfigDict):
                 math.isfinite(self.sigma_eps) and self.sigma_eps > 0,
                 f"sigma_eps must be > 0, got {self.sigma_eps}",
             )
+            # float32 training: 1 / sigma_eps^2 must stay far from overflow and sigma_eps from underflow
+            require(1e-8 <= self.sigma_eps <= 1e8, f"sigma_eps must be in [1e-8, 1e8], got {self.sigma_eps}")
         get_activation(self.activation)
         for name in ("steps", "batch_size", "eval_every", "patience", "eval_samples", "hidden_width"):
             require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
@@ -67,10 +97,13 @@ class RestartProtocol(ConfigDict):
         require(self.hidden_depth >= 0, f"hidden_depth must be >= 0, got {self.hidden_depth}")
         require(self.init_steps >= 0, f"init_steps must be >= 0, got {self.init_steps}")
         require(
-            self.learning_rate > 0 and 0 < self.final_lr_factor <= 1,
-            "need learning_rate > 0 and 0 < final_lr_factor <= 1",
+            math.isfinite(self.learning_rate) and self.learning_rate > 0,
+            f"learning_rate must be finite and > 0, got {self.learning_rate}",
         )
+        require(0 < self.final_lr_factor <= 1,
+                f"final_lr_factor must be in (0, 1], got {self.final_lr_factor}")
         require(self.tol >= 0, f"tol must be >= 0, got {self.tol}")
+        check_limits(self)
 
     @property
     def n_truth(self) -> int:
@@ -173,3 +206,10 @@ class FitConfig(RestartProtocol):
         check_objective(self.objective, self.num_samples)
         require(not self.dreg or self.objective == "iwae", "--dreg needs the 'iwae' objective")
         self.check_protocol()
+        # mini-batches are drawn with replacement: a batch larger than the data repeats points for nothing
+        require(self.batch_size <= self.n_train,
+                f"batch_size {self.batch_size} is larger than the {self.n_train} training points (n_train)")
+        pairs = self.batch_size * self.train_samples
+        require(pairs <= MAX_PAIRS_PER_STEP,
+                f"batch_size x samples = {pairs:,} (point, sample) pairs per step is above "
+                f"{MAX_PAIRS_PER_STEP:,}; use a smaller batch or fewer IWAE samples")

@@ -31,6 +31,16 @@ from vaefail.training import Loss, optimise
 TRUTH_MIN_STEPS = 20000
 
 
+def require_unlabelled(benchmark: Benchmark) -> Benchmark:
+    """``benchmark`` itself, or a :class:`ConfigError` if it is labelled (fit that with M2)."""
+    if benchmark.labelled:
+        raise ConfigError(
+            f"{benchmark.name!r} is a labelled benchmark: fit it with "
+            "vaefail.semisupervised.run_semisupervised, not the unsupervised fit"
+        )
+    return benchmark
+
+
 def init_models(config: FitConfig, benchmark: Benchmark, keys: list[jax.Array]) -> VAE:
     """Freshly initialised stacked models, one per key."""
     sigma = benchmark.sigma_eps if config.sigma_eps is None else config.sigma_eps
@@ -167,12 +177,8 @@ class MFGFamily(ModelFamily):
     config_type = FitConfig
 
     def make_data(self, benchmark: Benchmark, config: FitConfig) -> Splits:
-        if benchmark.labelled:
-            raise ConfigError(
-                f"{benchmark.name!r} is a labelled benchmark: fit it with "
-                "vaefail.semisupervised.run_semisupervised, not the unsupervised fit"
-            )
-        return benchmark.splits(config.n_train, config.n_val, config.n_test, seed=config.split_seed)
+        return require_unlabelled(benchmark).splits(config.n_train, config.n_val, config.n_test,
+                                                    seed=config.split_seed)
 
     def init(self, config: FitConfig, benchmark: Benchmark, keys: list[jax.Array]) -> VAE:
         return init_models(config, benchmark, keys)

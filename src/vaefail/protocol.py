@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from vaefail.benchmarks import get_benchmark
 from vaefail.errors import VaefailError
 from vaefail.results import FitResult
 from vaefail.stacking import concat, take
@@ -46,6 +47,8 @@ class ModelFamily:
     name = "model"
     #: The restart-table column that selects a restart (higher is better).
     selection = "val_bound"
+    #: The family's config class (with ``from_dict``), used to read saved runs.
+    config_type: Any = None
 
     # -- models and data ------------------------------------------------------------------------------
     def make_data(self, benchmark: Any, config: Any) -> Any:
@@ -55,6 +58,12 @@ class ModelFamily:
     def init(self, config: Any, benchmark: Any, keys: list[jax.Array]) -> Any:
         """Freshly initialised stacked models, one per key."""
         raise NotImplementedError
+
+    def skeleton(self, config: Any) -> Any:
+        """Stacked models of the structure ``config`` describes (their values are overwritten when a saved
+        run is read): :meth:`init` on the config's benchmark."""
+        benchmark = get_benchmark(config.benchmark, **config.benchmark_params)
+        return self.init(config, benchmark, list(jax.random.split(jax.random.PRNGKey(0), config.restarts)))
 
     def train_data(self, data: Any) -> jax.Array:
         """The training array whose rows :func:`~vaefail.training.optimise` samples mini-batches from."""

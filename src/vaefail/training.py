@@ -17,7 +17,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from vaefail._jax import leading_axis_shardings, put_arrays
 from vaefail.stacking import take
@@ -138,7 +146,8 @@ def optimise(
     stale = 0
     steps_done = 0
     with _progress(progress) as bar:
-        task = bar.add_task(description, total=n_chunks * eval_every, best="")
+        # the first chunk traces and compiles (seconds to minutes), shown as such rather than as 0 steps/s
+        task = bar.add_task(f"{description} (compiling)", total=n_chunks * eval_every, best="")
         for i in range(n_chunks):
             chunk_keys = jax.vmap(
                 lambda k, i=i: jax.random.split(jax.random.fold_in(k, i), eval_every)
@@ -146,6 +155,8 @@ def optimise(
             params, opt_state, finite = _run_chunk(params, opt_state, chunk_keys, data, hyper, **chunk_args)
             steps_done += eval_every
             diverged |= ~np.asarray(finite)
+            if i == 0:
+                bar.update(task, description=description)
             if score is None:
                 bar.update(task, advance=eval_every)
                 continue
@@ -257,12 +268,17 @@ def _where_restart(selected: jax.Array, new: Any, old: Any) -> Any:
 
 
 def _progress(enabled: bool) -> Progress:
+    """A progress bar on stderr (stdout carries results only): steps, best validation score, elapsed time
+    and the estimated time remaining."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("steps  {task.fields[best]}"),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
         disable=not enabled,
         transient=False,
     )

@@ -16,11 +16,19 @@ import multiprocessing
 import os
 import socket
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from vaefail._jax import configure
 from vaefail.errors import ConfigError, VaefailError, unknown_name
@@ -51,8 +59,9 @@ def execute(
     address: str | None = None,
     workers: int | None = None,
     progress: bool = True,
+    redo: Collection[str] = (),
 ) -> int:
-    """Run every job whose key is not yet in ``store``; returns how many were computed.
+    """Run every job whose key is not yet in ``store`` or is in ``redo``; returns how many were computed.
 
     Parameters
     ----------
@@ -66,9 +75,13 @@ def execute(
         ``"local"``: ``workers`` processes on this machine (default: the number of cores; 1 runs in this
         process). ``"ray"``: one Ray task per configuration on the cluster at ``address`` (default: start
         a local Ray instance).
+    redo
+        Keys to compute again although they are in the store (stale results); each new result replaces
+        the old folder.
     """
     check_executor(executor, address)
-    todo = list({k: s for k, s in jobs if not store.has(k)}.items())
+    redo = set(redo)
+    todo = list({k: s for k, s in jobs if k in redo or not store.has(k)}.items())
     todo = schedule(todo)
     if not todo:
         return 0
@@ -81,7 +94,7 @@ def execute(
         else:
             results = _run_pool(todo, run, workers)
         for key, files in results:
-            store.put(key, files)
+            store.put(key, files, replace=key in redo)
             advance()
     return len(todo)
 
@@ -127,11 +140,14 @@ def estimated_cost(spec: dict[str, Any]) -> float:
 
 
 def check_executor(executor: str, address: str | None) -> None:
-    """Raise a clear error for an unknown executor or an address without Ray."""
+    """Raise a clear error for an unknown executor, an address without Ray, or an address that is not
+    HOST:PORT or where nothing listens."""
     if executor not in EXECUTORS:
         raise unknown_name("executor", executor, EXECUTORS)
     if address is not None and executor != "ray":
         raise ConfigError("--address needs --executor ray")
+    if address is not None:  # before anything is computed or written
+        _check_reachable(address)
 
 
 #: Fields of a task's ``fit`` that decide which XLA programs it compiles (array shapes and the static
@@ -246,6 +262,11 @@ def _stop_workers(pool: cf.ProcessPoolExecutor) -> None:
 
 
 def _run_ray(todo: list[Job], run: Callable, address: str | None, workers: int):
+    if address is not None and _is_loopback(address):
+        # A cluster on this machine's loopback interface (``ray start --head --node-ip-address 127.0.0.1``):
+        # Ray would otherwise rewrite 127.0.0.1 to the machine's outward address, where it does not listen,
+        # and retry for minutes. Read by Ray when it is imported (below, in a fresh process).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
     except ImportError:
@@ -268,7 +289,7 @@ def _run_ray(todo: list[Job], run: Callable, address: str | None, workers: int):
             except Exception as err:  # Ray raises ConnectionError, RuntimeError, ValueError, ...
                 raise VaefailError(f"cannot connect to the Ray cluster at {address!r}: {err}") from None
     try:
-        remote = ray.remote(num_cpus=1)(_run_configured)
+        remote = ray.remote(num_cpus=1)(_run_configured).options(name=getattr(run, "__name__", "task"))
         pending = {remote.remote(run, spec): key for key, spec in todo}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -276,6 +297,11 @@ def _run_ray(todo: list[Job], run: Callable, address: str | None, workers: int):
                 yield pending.pop(ref), ray.get(ref)
     finally:
         ray.shutdown()
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.removeprefix("ray://").rpartition(":")[0]
+    return host in ("localhost", "::1", "[::1]") or host.startswith("127.")
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -312,7 +338,7 @@ def _env(**values: str) -> Iterator[None]:
 def _bar(enabled: bool, total: int) -> Iterator[Callable[[], None]]:
     with Progress(
         TextColumn("[bold]configurations"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        disable=not enabled,
+        TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled,
     ) as bar:
         task = bar.add_task("configurations", total=total)
         yield lambda: bar.update(task, advance=1)

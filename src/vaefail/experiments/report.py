@@ -18,7 +18,7 @@ import datetime as _dt
 import html
 import math
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +120,8 @@ class ReportFiles:
 
 def write_outputs(store: Any, experiments: list[Any], tables: dict[str, pd.DataFrame],
                   claims: list[dict[str, Any]], *, preset: str,
-                  only: Mapping[str, Collection[str]] | None = None) -> ReportFiles:
+                  only: Mapping[str, Collection[str]] | None = None,
+                  stale: Collection[str] = ()) -> ReportFiles:
     """Draw the figures and write ``report.html`` and ``report.md`` into the store's root folder.
 
     Parameters
@@ -137,6 +138,9 @@ def write_outputs(store: Any, experiments: list[Any], tables: dict[str, pd.DataF
         The preset the experiments ran at (shown in the report and the command to reproduce it).
     only
         The part of the grids that was run (``vaefail reproduce --only``), if not all of it.
+    stale
+        Store keys of configurations computed by other code and kept (``--reuse-stale``): the report
+        warns about them and lists them.
     """
     root = Path(store.root)
     figures, errors = make_figures(store, tables, root / "figures")
@@ -151,6 +155,7 @@ def write_outputs(store: Any, experiments: list[Any], tables: dict[str, pd.DataF
         claims=claims,
         errors=errors,
         root=root,
+        stale=sorted(stale),
     )
     html_path, md_path = root / "report.html", root / "report.md"
     write_atomic(html_path, render_html(context).encode("utf-8"))
@@ -170,6 +175,7 @@ class _Context:
     claims: list[dict[str, Any]]
     errors: list[str]
     root: Path
+    stale: list[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -302,6 +308,15 @@ def _preset_warning(preset: str) -> str | None:
     return None
 
 
+def _stale_warning(ctx: _Context) -> str | None:
+    if not ctx.stale:
+        return None
+    return (f"{len(ctx.stale)} configuration(s) were computed by another version of the code (a different "
+            "code fingerprint) and kept with --reuse-stale; their numbers may differ from what this "
+            "version computes. Rerun without --reuse-stale to recompute them. Store keys: "
+            + ", ".join(ctx.stale) + ".")
+
+
 def _experiment_list(ctx: _Context) -> list[Any]:
     return [e for e in ctx.experiments if _tables_of(e, ctx)]
 
@@ -387,9 +402,9 @@ def render_html(ctx: _Context) -> str:
         f"<p>Generated {_e(ctx.date)} &middot; preset <b>{_e(ctx.preset)}</b> &middot; "
         f"{_e(_summary_counts(ctx.claims))}.</p>",
     ]
-    warning = _preset_warning(ctx.preset)
-    if warning:
-        out.append(f'<p class="warn">{_e(warning)}</p>')
+    for warning in (_preset_warning(ctx.preset), _stale_warning(ctx)):
+        if warning:
+            out.append(f'<p class="warn">{_e(warning)}</p>')
     out += [
         "<p>Reproduce with:</p>",
         f"<pre><code>{_e(ctx.command)}</code></pre>",
@@ -469,9 +484,9 @@ def render_markdown(ctx: _Context) -> str:
     """The report in Markdown; figures referenced by relative path ``figures/<name>.png``."""
     out = [f"# {ctx.title}", "",
            f"Generated {ctx.date} · preset **{ctx.preset}** · {_summary_counts(ctx.claims)}.", ""]
-    warning = _preset_warning(ctx.preset)
-    if warning:
-        out += [f"> **Note.** {warning}", ""]
+    for warning in (_preset_warning(ctx.preset), _stale_warning(ctx)):
+        if warning:
+            out += [f"> **Note.** {warning}", ""]
     out += ["Reproduce with:", "", "```bash", ctx.command, "```", "",
             "Yacoby, Pan and Doshi-Velez (2020), *Failure Modes of Variational Autoencoders and Their "
             "Effects on Downstream Tasks*, arXiv:2007.07124.", ""]

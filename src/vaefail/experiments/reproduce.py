@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from vaefail._io import write_atomic
 from vaefail.errors import StoreError
 from vaefail.experiments.execute import check_executor, execute
 from vaefail.experiments.grid import Experiment, Task, load_experiments, select
+from vaefail.experiments.provenance import code_fingerprint
 from vaefail.experiments.store import ResultsStore, config_hash
 from vaefail.experiments.tasks import run_task
 
@@ -29,6 +30,10 @@ class Reproduction:
     tables: dict[str, pd.DataFrame]
     claims: list[dict[str, Any]]
     computed: int
+    #: Configurations found computed by other code (another fingerprint) and computed again.
+    stale_recomputed: int = 0
+    #: Store keys of configurations computed by other code and kept (``reuse_stale``).
+    stale_kept: list[str] = field(default_factory=list)
 
 
 def task_key(task: Task) -> str:
@@ -47,6 +52,7 @@ def reproduce(
     progress: bool = True,
     outputs: bool = True,
     only: Mapping[str, Collection[str]] | None = None,
+    reuse_stale: bool = False,
 ) -> Reproduction:
     """Run ``experiment`` (or ``"all"``) at ``preset`` into the store at ``out`` and write its outputs.
 
@@ -54,13 +60,19 @@ def reproduce(
     With ``outputs`` false, only the tables are built (no figures, claims or report). ``only`` runs part
     of the grid (:func:`vaefail.experiments.grid.select`, e.g. ``{"sigma_mode": ["fixed"]}``); the tables,
     figures and claims then cover that part (a claim that needs rows not run is left out).
+
+    A stored configuration computed by other code (its ``provenance.json`` fingerprint differs from
+    :func:`~vaefail.experiments.provenance.code_fingerprint`, or is missing) is *stale*: it is computed
+    again, or with ``reuse_stale`` kept and listed in the report.
     """
     experiments = select(load_experiments(experiment, preset, repeats), only or {})
     check_executor(executor, address)
     store = ResultsStore(out)
     jobs = [(task_key(t), t.spec()) for e in experiments for t in e.tasks]
+    current = code_fingerprint()
+    stale = sorted({k for k, _ in jobs if store.has(k) and store.fingerprint(k) != current})
     computed = execute(jobs, store, run_task, executor=executor, address=address, workers=workers,
-                       progress=progress)
+                       progress=progress, redo=() if reuse_stale else stale)
     tables = {name: table for e in experiments for name, table in build_tables(e, store).items()}
     for name, table in tables.items():
         write_atomic(store.root / f"{name}.csv", table.to_csv(index=False).encode())
@@ -71,8 +83,11 @@ def reproduce(
 
         claims = evaluate_claims(tables)
         write_atomic(store.root / "claims.json", json.dumps(claims, indent=2).encode())
-        write_outputs(store, experiments, tables, claims, preset=preset, only=only)
-    return Reproduction(store.root, experiments, tables, claims, computed)
+        write_outputs(store, experiments, tables, claims, preset=preset, only=only,
+                      stale=stale if reuse_stale else [])
+    return Reproduction(store.root, experiments, tables, claims, computed,
+                        stale_recomputed=0 if reuse_stale else len(stale),
+                        stale_kept=stale if reuse_stale else [])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -3,12 +3,17 @@
 Layout::
 
     DIR/store.json            {"format": "vaefail-store/4"}
-    DIR/runs/<hash>/          task.json, metrics.json and the run folder files of the fitted result
+    DIR/runs/<hash>/          task.json, metrics.json, provenance.json and the run folder files of the
+                              fitted result
 
-A configuration's folder is first written under ``DIR/runs/.tmp-<hash>-<pid>-<nonce>`` and then renamed
-into place. ``rename`` onto an existing non-empty folder fails, so when two sweeps on the same store
-finish the same configuration, the first one wins and the second discards its copy: a folder under
-``runs/`` is always complete, and a rerun skips every configuration whose folder exists.
+A configuration's folder is first written under ``DIR/runs/.tmp-<hash>-<nonce>`` and then renamed into
+place. ``rename`` onto an existing non-empty folder fails, so when two sweeps on the same store finish the
+same configuration, the first one wins and the second discards its copy: a folder under ``runs/`` is
+always complete, and a rerun skips every configuration whose folder exists. ``provenance.json`` names
+the package version and code fingerprint that computed it (:mod:`vaefail.experiments.provenance`); a
+configuration whose fingerprint differs from the running code's is *stale*. Temporary folders are named
+by a random nonce, not a process id (hosts sharing a store have unrelated process ids), and removed once
+older than :data:`ABANDONED_AFTER` seconds.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +38,10 @@ from vaefail.errors import StoreError
 #: (``vaefail.training.restart_group``): the paper presets' numbers round differently (the quick presets,
 #: two restarts per configuration, are unchanged).
 STORE_FORMAT = "vaefail-store/4"
+
+#: A temporary folder under ``runs/`` untouched for this long belongs to a writer that is gone (killed,
+#: or its host lost): writing a configuration's files takes well under a second.
+ABANDONED_AFTER = 3600.0
 
 
 def config_hash(task: Mapping[str, Any]) -> str:
@@ -86,13 +96,25 @@ class ResultsStore:
         """Whether configuration ``key`` finished (its folder exists; folders appear only complete)."""
         return (self.runs / key / "metrics.json").is_file()
 
-    def put(self, key: str, files: Mapping[str, bytes]) -> bool:
-        """Write a configuration's files atomically; returns False if another writer got there first."""
-        tmp = self.runs / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    def put(self, key: str, files: Mapping[str, bytes], *, replace: bool = False) -> bool:
+        """Write a configuration's files atomically; returns False if another writer got there first.
+
+        With ``replace``, an existing folder of ``key`` (a stale result) is swapped out for the new one:
+        it is renamed aside, the new folder renamed into place, the old one removed. A reader sees the old
+        folder, the new one, or (for an instant) none, which reads as "not computed"; never a mixture.
+        """
+        tmp = self.runs / f".tmp-{key}-{uuid.uuid4().hex[:12]}"
         try:
             tmp.mkdir()
             for name, data in files.items():
                 (tmp / name).write_bytes(data)
+            if replace and (self.runs / key).exists():
+                old = self.runs / f".tmp-{key}-{uuid.uuid4().hex[:12]}-old"
+                try:
+                    (self.runs / key).rename(old)
+                except FileNotFoundError:  # another writer swapped it out first
+                    pass
+                shutil.rmtree(old, ignore_errors=True)
             try:
                 tmp.rename(self.runs / key)
             except OSError:
@@ -113,21 +135,26 @@ class ResultsStore:
         except (OSError, ValueError) as err:
             raise StoreError(f"damaged result {self.runs / key}: {err}") from err
 
-    def _clean_stale(self) -> None:
-        """Remove temporary folders left by writers that are no longer running (e.g. killed)."""
+    def fingerprint(self, key: str) -> str | None:
+        """The code fingerprint recorded with a finished configuration (``None`` if it has none: written
+        before fingerprints were recorded, or unreadable)."""
+        try:
+            found = json.loads((self.runs / key / "provenance.json").read_text()).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return found if isinstance(found, str) else None
+
+    def _clean_stale(self, now: float | None = None) -> None:
+        """Remove temporary folders older than :data:`ABANDONED_AFTER` seconds (left by a killed writer).
+
+        Age, not process id, decides: hosts sharing a store have unrelated process ids, so a live writer
+        on another host must not lose its folder because a process id is unused here.
+        """
+        now = time.time() if now is None else now
         for tmp in self.runs.glob(".tmp-*"):
-            parts = tmp.name.split("-")
-            pid = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else None
-            if pid is not None and _alive(pid):
+            try:
+                age = now - tmp.stat().st_mtime
+            except OSError:
                 continue
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+            if age > ABANDONED_AFTER:
+                shutil.rmtree(tmp, ignore_errors=True)

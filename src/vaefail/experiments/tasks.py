@@ -23,14 +23,16 @@ from vaefail.api import fit_config
 from vaefail.benchmarks import get_benchmark
 from vaefail.config import FitConfig
 from vaefail.errors import unknown_name
+from vaefail.experiments.provenance import provenance
 from vaefail.metrics.evaluate import evaluate_run
 
 
 def run_task(spec: dict[str, Any]) -> dict[str, bytes]:
     """Run the configuration ``spec`` (``fit``, ``eval`` and optionally ``kind``) and return its files.
 
-    Besides the runner's files: ``task.json`` (the spec) and ``timing.json`` (the task's wall-clock and
-    process CPU seconds in the worker, compilation included).
+    Besides the runner's files: ``task.json`` (the spec), ``timing.json`` (the task's wall-clock and
+    process CPU seconds in the worker, compilation included) and ``provenance.json`` (the package version
+    and code fingerprint of the worker that computed it, :func:`~vaefail.experiments.provenance.provenance`).
     """
     kind = spec.get("kind", "fit")
     if kind not in RUNNERS:
@@ -38,6 +40,7 @@ def run_task(spec: dict[str, Any]) -> dict[str, bytes]:
     wall, cpu = time.perf_counter(), time.process_time()
     files = RUNNERS[kind](spec)
     files["task.json"] = json.dumps(spec, indent=2).encode()
+    files["provenance.json"] = json.dumps(provenance(), indent=2).encode()
     files["timing.json"] = json.dumps({"wall_seconds": round(time.perf_counter() - wall, 2),
                                        "cpu_seconds": round(time.process_time() - cpu, 2)}).encode()
     return files

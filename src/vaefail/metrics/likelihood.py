@@ -122,7 +122,7 @@ def log_likelihood(
         Chunk sizes (trade memory for speed).
     pareto_k
         Also compute each point's Pareto k-hat from the ``M + 1`` largest weights (``M ~ 3 sqrt(S)``, kept
-        across chunks, so memory stays ``O(n sqrt(S))``); needs ``S >= 25``.
+        across chunks, so memory stays ``O(n sqrt(S))``); needs ``S >= 21``.
     """
     require(num_samples >= 1, f"num_samples must be >= 1, got {num_samples}")
     require(point_chunk >= 1 and sample_chunk >= 1, "point_chunk and sample_chunk must be >= 1")
