@@ -116,9 +116,10 @@ def fit_config(
         "test_elbo": float(bounds["test"]["elbo"][selected]),
         "test_log_prob_true": float(np.mean(benchmark.log_prob(splits.test.x))),
     }
+    model = None
     if truth:
         model = truth_model(benchmark, splits, config, jax.random.PRNGKey(config.seed + 7), progress=progress)
         tb = evaluate_bounds(stack([model]), splits.test.x, config, eval_key)
         summary["truth_test_bound"] = float(tb["bound"][0])
         summary["truth_test_elbo"] = float(tb["elbo"][0])
-    return FitResult(config, outcome.models, table, selected, summary)
+    return FitResult(config, outcome.models, table, selected, summary, truth=model)

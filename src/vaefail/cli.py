@@ -197,17 +197,32 @@ def evaluate_cmd(
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics as JSON here.")] = None,
     seed: Annotated[int, typer.Option(help="PRNG seed of the estimators.")] = 0,
+    truth: Annotated[bool, typer.Option(
+        help="Fit the true decoder's best encoder (as `fit --truth` does) for the truth's amortisation "
+        "gap and the amortised truth-vs-learned comparison.")] = True,
+    bound_points: Annotated[int, typer.Option(
+        help="Points for the optimal-Gaussian bound ELBO* when K >= 2 (costly per point).")] = 500,
 ) -> None:
-    """Evaluate a fitted run: likelihoods, ELBO split, MI, posterior quality, failure checks."""
+    """Evaluate a fitted run: likelihoods, ELBO split, optimal-Gaussian bounds, MI, posterior quality,
+    failure checks."""
     import jax
 
     from vaefail.metrics.evaluate import evaluate_run, evaluation_table
     from vaefail.results import FitResult
+    from vaefail.training import truth_model
 
     if samples < 1:
         raise DataError(f"--samples must be >= 1, got {samples}")
+    if bound_points < 2:
+        raise DataError(f"--bound-points must be >= 2, got {bound_points}")
     result = FitResult.load(run_dir)
-    report = evaluate_run(result, jax.random.PRNGKey(seed), num_samples=samples, split=split)
+    truth_vae = None
+    if truth:
+        c = result.config
+        truth_vae = truth_model(result.benchmark, result.splits(), c, jax.random.PRNGKey(c.seed + 7),
+                                progress=False)
+    report = evaluate_run(result, jax.random.PRNGKey(seed), num_samples=samples, split=split,
+                          truth_model=truth_vae, bound_points=bound_points)
     console.print(evaluation_table(report))
     if json_out is not None:
         write_atomic(json_out, json.dumps(report, indent=2).encode())

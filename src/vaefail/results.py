@@ -48,6 +48,9 @@ class FitResult:
         Index of the selected restart (best validation bound among those that did not diverge).
     summary
         Scalar results of the selected model (and of the ground-truth model, when computed).
+    truth
+        The ground-truth model with its trained encoder when the fit computed it (``truth=True``), for
+        the evaluation in the same session; not saved in the run folder.
     """
 
     config: FitConfig
@@ -55,6 +58,7 @@ class FitResult:
     restarts: pd.DataFrame
     selected: int
     summary: dict[str, Any] = field(default_factory=dict)
+    truth: VAE | None = None
 
     @property
     def model(self) -> VAE:

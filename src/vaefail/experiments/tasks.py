@@ -60,7 +60,7 @@ def run_fit_task(spec: dict[str, Any]) -> dict[str, bytes]:
     metrics = evaluate_run(
         result, jax.random.PRNGKey(config.seed + 31337),
         num_samples=int(settings.get("ll_samples", 1000)),
-        sections=settings.get("sections"),
+        sections=settings.get("sections"), truth_model=result.truth,
     )
     files = result.to_files()
     files["metrics.json"] = json.dumps({"summary": result.summary, "metrics": metrics}, indent=2).encode()

@@ -83,6 +83,15 @@ class OptimalBound:
     std: np.ndarray
     method: str
 
+    @classmethod
+    def from_gap(cls, gap: Any, method: str, n: int | None = None) -> OptimalBound:
+        """From a :class:`vaefail.metrics.posterior.GaussianGap` (``K = 1``), optionally its first ``n``
+        points."""
+        sl = slice(None) if n is None else slice(0, n)
+        lp, g = gap.log_p[sl], gap.per_point[sl]
+        return cls(log_p=lp, elbo_star=lp - g, mc_var=np.zeros(lp.size), mean=gap.mean[sl, None],
+                   std=gap.std[sl, None], method=method)
+
     @property
     def gap(self) -> np.ndarray:
         """Approximation gap per point, ``log p_theta(x_i) - ELBO*(x_i) = min_q KL(q || p_theta(z|x_i))``."""
@@ -141,14 +150,14 @@ def optimal_bound(
         raise unknown_name("method", method, METHODS)
     if not isinstance(source, VAE):
         gap = gaussian_gap(source, x)  # raises a ConfigError for anything but a 1-D-latent benchmark
-        return _from_gap(gap, "grid (K = 1, Newton from grid starts)")
+        return OptimalBound.from_gap(gap, "grid (K = 1, Newton from grid starts)")
     k = int(source.latent_dim)
     if method == "auto":
         method = "grid" if k <= 2 else "svi"
     if method == "grid":
         if k == 1:
             gap = gaussian_gap(source, x, newton_nodes=101, eval_nodes=801)
-            return _from_gap(gap, "grid (K = 1, Newton from grid starts)")
+            return OptimalBound.from_gap(gap, "grid (K = 1, Newton from grid starts)")
         if k != 2:
             raise ConfigError(f"the grid method needs K <= 2 (K = {k}); use method='svi'")
         return _grid2(source, x, log_p=log_p, grid_size=grid_size, steps=steps, nodes=nodes,
@@ -157,14 +166,6 @@ def optimal_bound(
         raise ConfigError("the stochastic (svi) method needs a PRNG key")
     return _svi(source, x, key, steps=svi_steps, samples=svi_samples, eval_samples=eval_samples,
                 prior_draws=prior_draws, prior_starts=prior_starts, ll_samples=ll_samples, log_p=log_p)
-
-
-def _from_gap(gap: Any, method: str) -> OptimalBound:
-    n = gap.per_point.size
-    return OptimalBound(
-        log_p=gap.log_p, elbo_star=gap.log_p - gap.per_point, mc_var=np.zeros(n),
-        mean=gap.mean[:, None], std=gap.std[:, None], method=method,
-    )
 
 
 # --------------------------------------------------------------------------------------------------
