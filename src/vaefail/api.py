@@ -112,6 +112,7 @@ def fit_config(
         "selected": selected,
         "start": outcome.start[selected],
         "steps": outcome.steps,
+        "val_bound": float(bounds["val"]["bound"][selected]),
         "test_bound": float(bounds["test"]["bound"][selected]),
         "test_elbo": float(bounds["test"]["elbo"][selected]),
         "test_log_prob_true": float(np.mean(benchmark.log_prob(splits.test.x))),
