@@ -10,9 +10,9 @@ M2 (:mod:`vaefail.semisupervised.model`) with a Gaussian likelihood :math:`p(x|y
 not fit the 17 grey levels of the data any better, and a fixed sigma keeps the comparison with the
 benchmarks), Kingma's encoder :math:`q(z|x,y)` by default, the VAE objective, and J with
 ``alpha`` defaulting to Kingma et al.'s :math:`0.1 N` (N training points) on the *mean* of
-:math:`\log q(y|x)` over the labelled points (each of the :math:`N_l` labelled points carries
-:math:`0.1 N / N_l`), so the labelled classification term is not swamped by the unlabelled bound. Its accuracy is that of
-:math:`\\arg\\max_y q(y|x)` on the test split.
+:math:`\\log q(y|x)` over the labelled points (each of the :math:`N_l` labelled points carries
+:math:`0.1 N / N_l`), so the labelled classification term is not swamped by the unlabelled bound. Its
+accuracy is that of :math:`\\arg\\max_y q(y|x)` on the test split.
 
 Baselines trained on the labelled points alone: ``logistic`` (scikit-learn's L2 logistic regression,
 ``C = 1``, not tuned) and ``mlp`` (M2's own classifier architecture trained on
