@@ -66,13 +66,13 @@ def test_exact_claims_use_the_optimal_bounds_and_their_standard_errors():
     assert by_id(evaluate_claims({"px": px}))["truth_not_elbo_optimum_exact"]["reproduced"] is True
 
     t = table1((1.13, 1.01, 1.00), std=0.01)
-    t["neg_elbo_star"] = t.latent_dim.map({1: 0.97, 2: 0.96, 3: 0.90})
-    t["neg_elbo_star_stderr"] = 0.004
-    t["truth_neg_elbo_star"] = 0.95
+    # ELBO*(truth) - ELBO*(K) on each row's points: K = 1 +0.02, K = 2 +0.01, K = 3 -0.05
+    t["elbo_star_truth_minus_model"] = t.latent_dim.map({1: 0.02, 2: 0.01, 3: -0.05})
+    t["elbo_star_diff_stderr"] = 0.004
     t["val_neg_elbo"] = t.latent_dim.map({1: 1.1, 2: 1.0, 3: 1.05})  # validation picks K = 2, not 3
     claims = by_id(evaluate_claims({"table1": t}))
     exact = claims["vae_optimal_elbo_prefers_larger_k"]
     assert "K = 2" in exact["statement"]
-    assert exact["reproduced"] is False  # 0.96 against the truth's 0.95
+    assert exact["reproduced"] is False  # K = 2 is below the truth itself (+0.01)
     t["val_neg_elbo"] = t.latent_dim.map({1: 1.1, 2: 1.05, 3: 1.0})
     assert by_id(evaluate_claims({"table1": t}))["vae_optimal_elbo_prefers_larger_k"]["reproduced"] is True

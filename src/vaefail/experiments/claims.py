@@ -37,17 +37,6 @@ def _needs(margin: float) -> str:
     return "needs < 0 (a single repetition: no noise estimate, plain comparison)"
 
 
-def _exact_margin(a: pd.Series, b: pd.Series | None = None) -> float:
-    """Two standard errors of a difference of ``ELBO*`` means: over repetitions when there are several,
-    else (and at least) from the within-run standard errors over the test points (``neg_elbo_star_stderr``,
-    Monte-Carlo error included), divided by sqrt(repeats)."""
-    over = math.hypot(_se(a, "neg_elbo_star"), 0.0 if b is None else _se(b, "neg_elbo_star"))
-    within = [float(r.get("neg_elbo_star_stderr", np.nan)) / math.sqrt(max(1, int(r.get("repeats", 1))))
-              for r in (a, b) if r is not None]
-    within_se = math.sqrt(sum(w**2 for w in within if np.isfinite(w)))
-    return 2.0 * max(over, within_se)
-
-
 def _pick(rows: dict[int, pd.Series], col: str = "val_neg_elbo") -> int:
     """The K (a key of ``rows``) with the lowest ``col`` (the validation -bound; test -bound if missing)."""
     def value(k: int) -> float:
@@ -140,32 +129,45 @@ def table1_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
 def _table1_exact(
     bench: str, rows: dict[tuple[str, int], pd.Series], best_k: int
 ) -> dict[str, Any] | None:
-    """Does K > 1 beat K = 1 at the optimal Gaussian encoders? K = 1's optimum is the better of the learned
-    K = 1 decoder's and the truth's ELBO*."""
-    cols = ("neg_elbo_star",)
-    if not all(c in rows[("vae", 1)] and np.isfinite(rows[("vae", k)].get(c, np.nan))
-               for c in cols for k in (1, 2, 3)):
+    """Does K > 1 beat K = 1 at the optimal Gaussian encoders?
+
+    Each row's ELBO* is measured against the truth's ELBO* *on the same test points* (ELBO* of K >= 2 is
+    computed on a subset), ``r_K = ELBO*(truth) - ELBO*(K)`` paired per point; K = 1's optimum is the
+    better of the learned K = 1 decoder and the truth itself, ``min(r_1, 0)``. Reproduced when
+    ``r_K - min(r_1, 0)`` is below two standard errors (over repetitions, at least the within-run paired
+    ones).
+    """
+    col = "elbo_star_truth_minus_model"
+    if not all(np.isfinite(float(rows[("vae", k)].get(col, np.nan))) for k in (1, 2, 3)):
         return None
     v1, vk = rows[("vae", 1)], rows[("vae", best_k)]
-    k1_star = float(v1.neg_elbo_star)
-    truth_star = float(v1.get("truth_neg_elbo_star", np.nan))
-    k1_best = min(k1_star, truth_star) if np.isfinite(truth_star) else k1_star
-    diff = float(vk.neg_elbo_star) - k1_best
-    margin = _exact_margin(vk, v1)
+    r1, rk = float(v1[col]), float(vk[col])
+    base = min(r1, 0.0)
+    diff = rk - base
+
+    def se(row: pd.Series, with_row: bool) -> float:
+        if not with_row:
+            return 0.0
+        n = max(1, int(row.get("repeats", 1)))
+        within = float(row.get("elbo_star_diff_stderr", np.nan)) / math.sqrt(n)
+        return max(_se(row, col), within if np.isfinite(within) else 0.0)
+
+    margin = 2.0 * math.hypot(se(vk, True), se(v1, r1 < 0.0))
     ok = bool(diff < -margin)
     return _claim(
         f"table1.{bench}.vae_optimal_elbo_prefers_larger_k",
-        f"{bench}: at their optimal Gaussian encoders (ELBO*, no amortisation), the ELBO prefers K = "
+        f"{bench}: at the optimal Gaussian encoders (ELBO*, no amortisation), the ELBO prefers K = "
         f"{best_k} (chosen by the validation -ELBO) to the truth's K = 1.",
-        ok, f"-ELBO*(K={best_k}) {_fmt(float(vk.neg_elbo_star))} - best K=1 -ELBO* {_fmt(k1_best)} (learned "
-        f"{_fmt(k1_star)}, truth {_fmt(truth_star)}) = {diff:+.3f} nats, needs < -{margin:.3f} (two "
-        "standard errors: over repetitions, and at least those over the test points)",
-        {f"vae_k{k}_neg_elbo_star": float(rows[("vae", k)].neg_elbo_star) for k in (1, 2, 3)}
-        | {"truth_neg_elbo_star": truth_star,
-           **{f"vae_k{k}_amortisation_gap": float(rows[("vae", k)].get("amortisation_gap", np.nan))
-              for k in (1, 2, 3)}},
-        note="ELBO* for K >= 2 is computed on the first 500 test points (per-point optimisation); K = 1 on "
-        "all of them. The amortised claim beside it mixes in each encoder's amortisation gap.",
+        ok, f"ELBO*(truth) - ELBO*(K={best_k}) = {rk:+.3f}, best K = 1 (learned {r1:+.3f}, the truth itself "
+        f"0) {base:+.3f}: difference {diff:+.3f} nats, needs < -{margin:.3f} (two standard errors: over "
+        "repetitions, and at least the paired ones over the test points)",
+        {f"vae_k{k}_elbo_star_truth_minus_model": float(rows[("vae", k)][col]) for k in (1, 2, 3)}
+        | {f"vae_k{k}_neg_elbo_star": float(rows[("vae", k)].get("neg_elbo_star", np.nan)) for k in (1, 2, 3)}
+        | {f"vae_k{k}_amortisation_gap": float(rows[("vae", k)].get("amortisation_gap", np.nan))
+           for k in (1, 2, 3)},
+        note="ELBO* of K >= 2 is computed on the first test points only (500 at the quick and paper "
+        "presets), so each K is compared with the truth on its own points. The amortised claim beside it "
+        "mixes in each encoder's amortisation gap.",
     )
 
 
