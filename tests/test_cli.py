@@ -54,11 +54,15 @@ def test_fit_prints_table_and_saves_run(tmp_path):
 def test_evaluate_a_fitted_run_prints_and_writes_json(tmp_path):
     out = tmp_path / "run"
     assert run("fit", "--benchmark", "figure8", "--out", str(out), *TINY).exit_code == 0
-    result = run("evaluate", str(out), "--samples", "50", "--json", str(tmp_path / "m.json"))
+    result = run("evaluate", str(out), "--samples", "50", "--json", str(tmp_path / "m.json"), "--no-truth")
     assert result.exit_code == 0, result.output
-    assert "MLEO" in result.output and "I(x; z_1)" in result.output
+    assert "MLEO" in result.output and "I(x; z_1)" in result.output and "-ELBO*" in result.output
     assert "Var_x E[z_i|x]" in result.stdout and "E\\[" not in result.stdout  # markup escaped, not shown
     report = json.loads((tmp_path / "m.json").read_text())
+    for who in ("model", "truth"):
+        for term in ("neg_log_p", "neg_elbo_star", "approximation_gap"):
+            assert report["bounds"][who][term]["stderr"] is not None, (who, term)
+    assert report["bounds"]["model"]["amortisation_gap"]["stderr"] is not None
     assert report["run"]["benchmark"] == "figure8" and report["run"]["num_samples"] == 50
     bad = run("evaluate", str(tmp_path))
     assert bad.exit_code == 2 and "not a vaefail run folder" in bad.output

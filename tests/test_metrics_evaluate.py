@@ -72,22 +72,39 @@ def test_evaluate_a_k1_run_from_disk(figure8_run):
     assert fail["crossing"]["truth"]["passes"] is True
     assert fail["truth_comparison"]["source"] == "truth_model"
     assert report["not_applicable"] == {}
+    bounds = report["bounds"]
+    assert bounds["n"] == 150
+    for who in ("model", "truth"):
+        part = bounds[who]
+        total = sum(part[t]["mean"] for t in ("neg_log_p", "approximation_gap", "amortisation_gap"))
+        assert total == pytest.approx(part["neg_elbo"]["mean"], abs=1e-9)
+        assert part["approximation_gap"]["mean"] >= 0 and part["neg_elbo_star"]["stderr"] > 0
+    # the truth's -log p is the exact -log p_gt; its ELBO* beats its untrained encoder's ELBO
+    assert bounds["truth"]["neg_log_p"]["mean"] == pytest.approx(-lik["log_p_true"]["mean"], abs=1e-6)
+    assert bounds["truth"]["amortisation_gap"]["mean"] > 0.1
+    assert bounds["truth_is_better"] in (True, False, None)
     text = render(report)
     for label in ("MLEO", "PMO", "I(x; z_1)", "active units", "k-hat", "Gaussian gap", "curve distance",
-                  "passes the crossing", "ELBO truth - learned"):
+                  "passes the crossing", "ELBO truth - learned", "model: -ELBO*", "truth: amortisation gap",
+                  "ELBO* truth - model"):
         assert label in text, label
 
 
 def test_evaluate_a_k2_run_reports_what_does_not_apply(linear_k2_run):
-    report = evaluate_run(linear_k2_run, jax.random.PRNGKey(0), num_samples=100, max_points=100)
+    report = evaluate_run(linear_k2_run, jax.random.PRNGKey(0), num_samples=100, max_points=100,
+                          bound_points=30)
     json.dumps(report, allow_nan=False)
+    bounds = report["bounds"]
+    assert bounds["n"] == 30 and "K = 2" in bounds["model"]["method"]
+    assert bounds["truth"]["amortisation_gap"] is None  # no truth model given: only what needs no encoder
+    assert bounds["truth"]["approximation_gap"]["mean"] < 1e-6  # linear: Gaussian true posterior
     assert len(report["mutual_information"]["per_dim"]) == 2
     assert report["likelihood"]["log_p_exact"] is not None  # K = 2 is still exact
     assert report["posterior"]["kl_q_to_posterior"] is None
     assert report["failure"]["curve"] is None and report["failure"]["crossing"] is None
     na = report["not_applicable"]
     for key in ("posterior.kl_q_to_posterior", "failure.model_posterior_gap", "failure.curve",
-                "failure.crossing", "failure.truth_comparison"):
+                "failure.crossing", "failure.truth_comparison", "bounds.truth.amortisation_gap"):
         assert key in na, key
     assert "K = 1" in na["posterior.kl_q_to_posterior"]
     assert "n/a" in render(report)

@@ -276,15 +276,25 @@ def evaluate_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics as JSON here.")] = None,
     seed: Annotated[int, typer.Option(help="PRNG seed of the estimators.")] = 0,
     quiet: Annotated[bool, typer.Option(help="No progress display.")] = False,
+    truth: Annotated[bool, typer.Option(
+        help="Fit the true decoder's best encoder (as `fit --truth` does) for the truth's amortisation "
+        "gap and the amortised truth-vs-learned comparison.")] = True,
+    bound_points: Annotated[int, typer.Option(
+        help="Points for the optimal-Gaussian bound ELBO* when K >= 2 (costly per point).")] = 500,
 ) -> None:
-    """Evaluate a fitted run: likelihoods, ELBO split, MI, posterior quality, failure checks."""
+    """Evaluate a fitted run: likelihoods, ELBO split, optimal-Gaussian bounds, MI, posterior quality,
+    failure checks."""
     import jax
 
     from vaefail.metrics.evaluate import evaluate_run, evaluation_table
+    from vaefail.mfg import truth_model
+    from vaefail.protocol import TRUTH_SEED_OFFSET
     from vaefail.results import FitResult
 
     if not 1 <= samples <= MAX_IMPORTANCE_SAMPLES:
         raise DataError(f"--samples must be between 1 and {MAX_IMPORTANCE_SAMPLES:,}, got {samples}")
+    if bound_points < 2:
+        raise DataError(f"--bound-points must be >= 2, got {bound_points}")
     _check_seed(seed)
     if split not in ("train", "val", "test"):
         raise DataError(f"--split must be train, val or test, got {split!r}")
@@ -293,7 +303,13 @@ def evaluate_cmd(
     result = FitResult.load(run_dir)
     with err_console.status(f"evaluating {run_dir} ({split} split, {samples} importance samples per "
                             "point; the first call compiles)", spinner="dots") if not quiet else _nothing():
-        report = evaluate_run(result, jax.random.PRNGKey(seed), num_samples=samples, split=split)
+        truth_vae = None
+        if truth:
+            c = result.config
+            truth_vae = truth_model(result.family, result.benchmark, result.data(), c,
+                                    jax.random.PRNGKey(c.seed + TRUTH_SEED_OFFSET))
+        report = evaluate_run(result, jax.random.PRNGKey(seed), num_samples=samples, split=split,
+                              truth_model=truth_vae, bound_points=bound_points)
     console.print(evaluation_table(report))
     if json_out is not None:
         write_atomic(json_out, json.dumps(report, indent=2).encode())

@@ -220,16 +220,17 @@ class MFGFamily(ModelFamily):
     def summary(self, columns: dict[str, np.ndarray], selected: int, benchmark: Benchmark, data: Splits,
                 config: FitConfig) -> dict[str, Any]:
         return {
+            "val_bound": float(columns["val_bound"][selected]),
             "test_bound": float(columns["test_bound"][selected]),
             "test_elbo": float(columns["test_elbo"][selected]),
             "test_log_prob_true": float(np.mean(benchmark.log_prob(data.test.x))),
         }
 
     def truth_summary(self, benchmark: Benchmark, data: Splits, config: FitConfig, key: jax.Array,
-                      eval_key: jax.Array, *, progress: bool = False) -> dict[str, Any]:
+                      eval_key: jax.Array, *, progress: bool = False) -> tuple[dict[str, Any], VAE]:
         model = truth_model(self, benchmark, data, config, key, progress=progress)
         tb = evaluate_bounds(stack([model]), data.test.x, config, eval_key)
-        return {"truth_test_bound": float(tb["bound"][0]), "truth_test_elbo": float(tb["elbo"][0])}
+        return {"truth_test_bound": float(tb["bound"][0]), "truth_test_elbo": float(tb["elbo"][0])}, model
 
 
 def truth_model(

@@ -112,9 +112,9 @@ class ModelFamily:
         return {name: float(values[selected]) for name, values in columns.items()}
 
     def truth_summary(self, benchmark: Any, data: Any, config: Any, key: jax.Array, eval_key: jax.Array, *,
-                      progress: bool = False) -> dict[str, Any]:
-        """The ground-truth model's results (true decoder with its best encoder); default: none."""
-        return {}
+                      progress: bool = False) -> tuple[dict[str, Any], Any]:
+        """The ground-truth model (true decoder with its best encoder) and its results; default: none."""
+        return {}, None
 
     def diverged_message(self) -> str:
         return "every restart diverged (NaN/inf); try a smaller --learning-rate or a larger sigma_eps"
@@ -219,8 +219,8 @@ def fit_family(
     -------
     FitResult
         The family, config, stacked models, the restart table (``restart, start, status, steps``, the family's
-        columns, ``selected``), the selected index and the summary (``selected, start, steps``, the family's
-        summary and, with ``truth``, the truth's).
+        columns, ``selected``), the selected index, the summary (``selected, start, steps``, the family's
+        summary and, with ``truth``, the truth's) and, with ``truth``, the truth model itself (not saved).
     """
     data = family.make_data(benchmark, config)
     outcome = train_restarts(family, benchmark, data, config, progress=progress)
@@ -240,12 +240,14 @@ def fit_family(
     })
     summary: dict[str, Any] = {"selected": selected, "start": outcome.start[selected], "steps": outcome.steps}
     summary.update(family.summary(columns, selected, benchmark, data, config))
+    truth_model = None
     if truth:
-        summary.update(family.truth_summary(
+        truth_results, truth_model = family.truth_summary(
             benchmark, data, config, jax.random.PRNGKey(config.seed + TRUTH_SEED_OFFSET), eval_key,
             progress=progress,
-        ))
-    return FitResult(config, outcome.models, table, selected, summary, family=family)
+        )
+        summary.update(truth_results)
+    return FitResult(config, outcome.models, table, selected, summary, family=family, truth=truth_model)
 
 
 def truth_with_best_inference(

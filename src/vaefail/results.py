@@ -81,6 +81,9 @@ class FitResult:
         Scalar results of the selected model (and of the ground-truth model, when computed).
     family
         The model family (:class:`vaefail.protocol.ModelFamily`); default the MFG-VAE.
+    truth
+        The ground-truth model with its trained encoder when the fit computed it (``truth=True``), for
+        the evaluation in the same session; not saved in the run folder.
     """
 
     config: Any
@@ -89,6 +92,7 @@ class FitResult:
     selected: int
     summary: dict[str, Any] = field(default_factory=dict)
     family: Any = None
+    truth: Any = None
 
     def __post_init__(self) -> None:
         if self.family is None:

@@ -37,6 +37,14 @@ def _needs(margin: float) -> str:
     return "needs < 0 (a single repetition: no noise estimate, plain comparison)"
 
 
+def _pick(rows: dict[int, pd.Series], col: str = "val_neg_elbo") -> int:
+    """The K (a key of ``rows``) with the lowest ``col`` (the validation -bound; test -bound if missing)."""
+    def value(k: int) -> float:
+        v = float(rows[k].get(col, np.nan))
+        return v if np.isfinite(v) else float(rows[k].test_neg_elbo)
+    return min(rows, key=value)
+
+
 def _row(table: pd.DataFrame, **labels: Any) -> pd.Series | None:
     mask = np.ones(len(table), dtype=bool)
     for k, v in labels.items():
@@ -66,16 +74,20 @@ def table1_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
         if any(r is None for r in rows.values()):
             continue
         v1 = rows[("vae", 1)]
-        best_k = min((2, 3), key=lambda k: rows[("vae", k)].test_neg_elbo)
+        best_k = _pick({k: rows[("vae", k)] for k in (2, 3)})
         ok, diff, margin = _less(rows[("vae", best_k)], v1, "test_neg_elbo")
         out.append(_claim(
             f"table1.{bench}.vae_elbo_prefers_larger_k",
-            f"{bench}: the VAE's test -ELBO improves when K grows past the truth (K=1).",
-            ok, f"-ELBO(K={best_k}) - (-ELBO(K=1)) = {diff:+.3f} nats, {_needs(margin)}",
+            f"{bench}: the VAE's test -ELBO (amortised encoder) improves when K grows past the truth (K=1).",
+            ok, f"-ELBO(K={best_k}) - (-ELBO(K=1)) = {diff:+.3f} nats (K={best_k} chosen among 2, 3 by the "
+            f"validation -ELBO), {_needs(margin)}",
             {f"vae_k{k}": float(rows[("vae", k)].test_neg_elbo) for k in (1, 2, 3)},
             note="" if ok else "The sweep experiment maps the benchmark settings (noise, separation) "
             "where the VAE does and does not prefer the larger K.",
         ))
+        exact = _table1_exact(bench, rows, best_k)
+        if exact is not None:
+            out.append(exact)
         ok, diff, margin = _less(rows[("vae", 3)], v1, "avg_mi")
         out.append(_claim(
             f"table1.{bench}.vae_avg_mi_falls",
@@ -84,7 +96,7 @@ def table1_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
             {f"vae_k{k}": float(rows[("vae", k)].avg_mi) for k in (1, 2, 3)},
         ))
         i1 = rows[("iwae", 1)]
-        best_ki = min((2, 3), key=lambda k: rows[("iwae", k)].test_neg_elbo)
+        best_ki = _pick({k: rows[("iwae", k)] for k in (2, 3)})
         gain_iwae = float(i1.test_neg_elbo - rows[("iwae", best_ki)].test_neg_elbo)
         gain_vae = float(v1.test_neg_elbo - rows[("vae", best_k)].test_neg_elbo)
         out.append(_claim(
@@ -114,6 +126,51 @@ def table1_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
+def _table1_exact(
+    bench: str, rows: dict[tuple[str, int], pd.Series], best_k: int
+) -> dict[str, Any] | None:
+    """Does K > 1 beat K = 1 at the optimal Gaussian encoders?
+
+    Each row's ELBO* is measured against the truth's ELBO* *on the same test points* (ELBO* of K >= 2 is
+    computed on a subset), ``r_K = ELBO*(truth) - ELBO*(K)`` paired per point; K = 1's optimum is the
+    better of the learned K = 1 decoder and the truth itself, ``min(r_1, 0)``. Reproduced when
+    ``r_K - min(r_1, 0)`` is below two standard errors (over repetitions, at least the within-run paired
+    ones).
+    """
+    col = "elbo_star_truth_minus_model"
+    if not all(np.isfinite(float(rows[("vae", k)].get(col, np.nan))) for k in (1, 2, 3)):
+        return None
+    v1, vk = rows[("vae", 1)], rows[("vae", best_k)]
+    r1, rk = float(v1[col]), float(vk[col])
+    base = min(r1, 0.0)
+    diff = rk - base
+
+    def se(row: pd.Series, with_row: bool) -> float:
+        if not with_row:
+            return 0.0
+        n = max(1, int(row.get("repeats", 1)))
+        within = float(row.get("elbo_star_diff_stderr", np.nan)) / math.sqrt(n)
+        return max(_se(row, col), within if np.isfinite(within) else 0.0)
+
+    margin = 2.0 * math.hypot(se(vk, True), se(v1, r1 < 0.0))
+    ok = bool(diff < -margin)
+    return _claim(
+        f"table1.{bench}.vae_optimal_elbo_prefers_larger_k",
+        f"{bench}: at the optimal Gaussian encoders (ELBO*, no amortisation), the ELBO prefers K = "
+        f"{best_k} (chosen by the validation -ELBO) to the truth's K = 1.",
+        ok, f"ELBO*(truth) - ELBO*(K={best_k}) = {rk:+.3f}, best K = 1 (learned {r1:+.3f}, the truth itself "
+        f"0) {base:+.3f}: difference {diff:+.3f} nats, needs < -{margin:.3f} (two standard errors: over "
+        "repetitions, and at least the paired ones over the test points)",
+        {f"vae_k{k}_elbo_star_truth_minus_model": float(rows[("vae", k)][col]) for k in (1, 2, 3)}
+        | {f"vae_k{k}_neg_elbo_star": float(rows[("vae", k)].get("neg_elbo_star", np.nan)) for k in (1, 2, 3)}
+        | {f"vae_k{k}_amortisation_gap": float(rows[("vae", k)].get("amortisation_gap", np.nan))
+           for k in (1, 2, 3)},
+        note="ELBO* of K >= 2 is computed on the first test points only (500 at the quick and paper "
+        "presets), so each K is compared with the truth on its own points. The amortised claim beside it "
+        "mixes in each encoder's amortisation gap.",
+    )
+
+
 def px_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
     out = []
     for bench in sorted(t.benchmark.unique()):
@@ -124,8 +181,8 @@ def px_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
             ok, diff, margin = _less(vae, vae, "test_neg_elbo", "truth_test_neg_elbo")
             out.append(_claim(
                 f"px.{bench}.truth_not_elbo_optimum",
-                f"{bench}: the ground truth (true decoder with its best encoder) is not the ELBO's global "
-                "optimum: the learned VAE has a better test ELBO.",
+                f"{bench}: (amortised) the learned VAE has a better test ELBO than the ground truth's true "
+                "decoder with its trained encoder.",
                 ok, f"learned -ELBO {_fmt(vae.test_neg_elbo)} - truth -ELBO {_fmt(vae.truth_test_neg_elbo)} "
                 f"= {diff:+.3f} nats, {_needs(margin)}",
                 {"learned_neg_elbo": float(vae.test_neg_elbo),
@@ -134,6 +191,30 @@ def px_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
                 "few "
                 "restarts may not reach the ELBO's optimum; the paper preset trains 10 restarts to "
                 "convergence (`vaefail fit --benchmark figure8` showed the learned model ahead there).",
+            ))
+        if np.isfinite(vae.get("elbo_star_truth_minus_model", np.nan)):
+            diff = float(vae.elbo_star_truth_minus_model)
+            over = _se(vae, "elbo_star_truth_minus_model")
+            within = float(vae.get("elbo_star_diff_stderr", np.nan)) / math.sqrt(max(1, int(vae.repeats)))
+            margin = 2.0 * max(over, within if np.isfinite(within) else 0.0)
+            ok = bool(diff < -margin)
+            out.append(_claim(
+                f"px.{bench}.truth_not_elbo_optimum_exact",
+                f"{bench}: at the optimal Gaussian encoders (ELBO*, no amortisation gap on either side) the "
+                "learned VAE's decoder has a higher bound than the true decoder: the truth is not the "
+                "ELBO's global optimum.",
+                ok, f"ELBO*(truth) - ELBO*(learned) = {diff:+.3f} nats, needs < -{margin:.3f} (two standard "
+                "errors: over repetitions, and at least the paired one over the test points)",
+                {"learned_neg_elbo_star": float(vae.get("neg_elbo_star", np.nan)),
+                 "truth_neg_elbo_star": float(vae.get("truth_neg_elbo_star", np.nan)),
+                 "learned_amortisation_gap": float(vae.get("amortisation_gap", np.nan)),
+                 "truth_amortisation_gap": float(vae.get("truth_amortisation_gap", np.nan)),
+                 "learned_approximation_gap": float(vae.get("approximation_gap", np.nan)),
+                 "truth_approximation_gap": float(vae.get("truth_approximation_gap", np.nan))},
+                note="" if ok else "The amortised comparison (truth_not_elbo_optimum) measures the two "
+                "encoders' amortisation gaps as well; here both decoders are judged by the best Gaussian per "
+                "point. A learned decoder that is not better at ELBO* means this fit did not find a "
+                "decoder the ELBO prefers to the truth.",
             ))
         ok, diff, margin = _less(iwae, vae, "mleo")
         out.append(_claim(
@@ -165,15 +246,33 @@ def latent_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
 def sigma_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
     if "sigma_factor" not in t or t.empty:
         return []
-    by_elbo = t.loc[t.test_neg_elbo.idxmin()]
+    by_elbo = t.loc[(t.val_neg_elbo if "val_neg_elbo" in t and t.val_neg_elbo.notna().all()
+                     else t.test_neg_elbo).idxmin()]
     by_ll = t.loc[t.test_neg_ll.idxmin()]
+    out = []
+    if "neg_elbo_star" in t and t.neg_elbo_star.notna().all():
+        by_star = t.loc[t.neg_elbo_star.idxmin()]
+        out.append(_claim(
+            "sigma.figure8.optimal_elbo_prefers_smaller_sigma",
+            "figure8: at the optimal Gaussian encoders (ELBO*), among fixed sigma_eps values the ELBO "
+            "selects a smaller sigma_eps than the truth.",
+            bool(by_star.sigma_factor < 1.0),
+            f"ELBO* selects {by_star.sigma_factor:g} x truth (test points: ELBO* is not computed on the "
+            f"validation split); the amortised ELBO (validation) selects {by_elbo.sigma_factor:g} x truth; "
+            "plain comparison of means",
+            {**{f"neg_elbo_star_at_{f:g}": float(v) for f, v in zip(t.sigma_factor, t.neg_elbo_star,
+                                                                  strict=True)},
+             **{f"amortisation_gap_at_{f:g}": float(v) for f, v in zip(t.sigma_factor,
+                                                                      t.get("amortisation_gap", np.nan),
+                                                                      strict=True)}},
+        ))
     elbo_off, ll_off = abs(np.log(by_elbo.sigma_factor)), abs(np.log(by_ll.sigma_factor))
-    return [_claim(
+    return out + [_claim(
         "sigma.figure8.elbo_prefers_smaller_sigma",
         "figure8: among fixed sigma_eps values, the ELBO selects a smaller sigma_eps than the truth, while "
         "the held-out log-likelihood selects one closer to the truth.",
         bool(by_elbo.sigma_factor < 1.0 and ll_off < elbo_off),
-        f"ELBO selects {by_elbo.sigma_factor:g} x truth; held-out log-likelihood selects "
+        f"the ELBO (validation) selects {by_elbo.sigma_factor:g} x truth; held-out log-likelihood selects "
         f"{by_ll.sigma_factor:g} x truth",
         {"elbo_choice_factor": float(by_elbo.sigma_factor), "ll_choice_factor": float(by_ll.sigma_factor),
          "pmo_at_smallest": float(t.pmo.iloc[0]), "pmo_at_largest": float(t.pmo.iloc[-1])},

@@ -382,6 +382,68 @@ def _std(row: pd.Series, col: str) -> float:
     return float(value) if value is not None and np.isfinite(value) else 0.0
 
 
+#: The three parts of -ELBO (column of the learned model, of the truth, label, colour).
+ELBO_PARTS = (
+    ("neg_log_p", "truth_neg_log_p", "-log p(x)", "0.55"),
+    ("approximation_gap", "truth_approximation_gap", "approximation gap (Gaussian family)", "tab:orange"),
+    ("amortisation_gap", "truth_amortisation_gap", "amortisation gap (encoder network)", "tab:purple"),
+)
+
+
+def elbo_parts_figure(table: pd.DataFrame) -> Figure:
+    """Per benchmark, stacked bars of ``-ELBO = -log p + approximation gap + amortisation gap`` for the truth
+    (its trained encoder) and for every learned configuration of ``table`` (mean over repeats); a tick
+    marks each bar's ``-ELBO*`` (``-log p`` + approximation gap: the bound without amortisation)."""
+    t = table[table.neg_elbo_star.notna()] if "neg_elbo_star" in table else table.iloc[0:0]
+    if t.empty:
+        raise ValueError("the table has no optimal-bound columns (evaluate with the 'bounds' section)")
+    if "sigma_mode" in t:
+        t = t[t.sigma_mode == "fixed"]
+    benches = list(dict.fromkeys(t.benchmark))
+    label_cols = [c for c in ("objective", "latent_dim", "sigma_factor") if c in t and t[c].nunique() > 0]
+    fig = Figure(figsize=(max(4.0, 1.0 + 0.9 * (len(t) / max(1, len(benches)) + 1)) * len(benches), 3.9),
+                 layout="constrained")
+    axes = fig.subplots(1, len(benches), squeeze=False)[0]
+    for ax, bench in zip(axes, benches, strict=True):
+        sub = t[t.benchmark == bench]
+        bars: list[tuple[str, list[float]]] = []
+        first = sub.iloc[0]
+        bars.append(("truth", [float(first.get(tc, np.nan)) for _, tc, _, _ in ELBO_PARTS]))
+        for _, row in sub.iterrows():
+            label = " ".join(
+                (str(row[c]).upper() if c == "objective" else f"K={int(row[c])}" if c == "latent_dim"
+                 else f"{row[c]:g}x sigma") for c in label_cols)
+            bars.append((label, [float(row.get(mc, np.nan)) for mc, _, _, _ in ELBO_PARTS]))
+        for i, (_, parts) in enumerate(bars):
+            bottom = 0.0
+            for j, ((_, _, name, colour), value) in enumerate(zip(ELBO_PARTS, parts, strict=True)):
+                if not np.isfinite(value):
+                    continue
+                ax.bar(i, value, bottom=bottom, color=colour, edgecolor="black", lw=0.5,
+                       label=name if i == 0 or (i == 1 and j == 2) else None)
+                bottom += value
+                if j == 1:
+                    ax.plot([i - 0.4, i + 0.4], [bottom, bottom], color="black", lw=1.5)
+        ax.set_xticks(range(len(bars)), [b[0] for b in bars], rotation=30, ha="right", fontsize=8)
+        lo = np.nanmin([p[0] for _, p in bars])
+        totals = np.array([np.nansum(p) for _, p in bars])
+        star = np.array([np.nansum(p[:2]) for _, p in bars])
+        # an IWAE encoder's plain-ELBO amortisation gap can be 10x the rest: clip it, print its total
+        top = float(min(np.max(totals), 1.5 * np.max(star)))
+        floor = max(0.0, lo - 0.3 * (top - lo + 0.05)) if lo > 0 else min(0.0, lo * 1.1)
+        ax.set_ylim(floor, top * 1.02 + 0.01)
+        for i, total in enumerate(totals):
+            if total > top * 1.02:
+                ax.text(i, top, f"-ELBO {total:.2f}", ha="center", va="top", fontsize=7, color="white")
+        ax.set_ylabel("nats per test point (lower is better)")
+        ax.set_title(bench, fontsize=10)
+        handles, labels = ax.get_legend_handles_labels()
+        uniq = dict(zip(labels, handles, strict=True))
+        ax.legend(uniq.values(), uniq.keys(), fontsize=7)
+    fig.suptitle("-ELBO = -log p + approximation gap + amortisation gap (black tick: -ELBO*)", fontsize=11)
+    return fig
+
+
 def elbo_vs_k_figure(table: pd.DataFrame, sigma_mode: str = "fixed") -> Figure:
     """Test -ELBO (the objective's own bound, negated) against K, one line per objective, per benchmark.
 
@@ -776,6 +838,18 @@ def make_figures(store: Any, tables: dict[str, pd.DataFrame], out_dir: str | os.
                  "posterior p_theta(z|x) (filled) and its encoder q(z|x) (dashed), in the model's own z "
                  "(a model's z is only identified up to reparameterisation).",
                  lambda b=bench, p=panels, m=points: posteriors_figure(b, p, m))
+
+    for name in ("px", "latent", "table1", "sigma"):
+        table = tables.get(name)
+        if table is not None and not table.empty and "neg_elbo_star" in table:
+            emit(name, f"{name}_elbo_parts", "The three parts of -ELBO",
+                 "Stacked: -log p_theta(x) (the model's fit of the data), the approximation gap (min over "
+                 "Gaussians q of KL(q || p_theta(z|x)): what the Gaussian family costs) and the amortisation "
+                 "gap (what the encoder network loses against the best Gaussian per point), for the truth "
+                 "(true decoder with its trained encoder) and each learned model (sigma_eps fixed), test "
+                 "points, mean over repeats. The black tick is -ELBO*, the bound without amortisation: the "
+                 "comparison that says which decoder the ELBO's optimum prefers.",
+                 lambda t=table: elbo_parts_figure(t))
 
     table = tables.get("table1")
     if table is not None and not table.empty:

@@ -47,6 +47,24 @@ COLUMN_HELP: dict[str, str] = {
     "posterior_gap_truth": "mean KL from the true posterior to its closest Gaussian",
     "latent_agreement": "|Spearman correlation| of the learned z with the true z",
     "test_neg_log_prob_true": "true -E log p_gt(x) on the test data (the floor any model can reach)",
+    "val_neg_elbo": "validation -bound of the selected restart (what claims choose K and sigma_eps by)",
+    "neg_log_p": "-log p_theta(x) on the test points of the bounds section (exact for K <= 2)",
+    "neg_elbo": "the model's own encoder's -ELBO (plain ELBO) = -log p + approximation gap + "
+                "amortisation gap",
+    "neg_elbo_star": "-ELBO*: the optimal-Gaussian bound of the model's decoder (the best any Gaussian q "
+                     "reaches per point: no amortisation)",
+    "approximation_gap": "log p_theta(x) - ELBO*(x) = min over Gaussians q of KL(q || p_theta(z|x))",
+    "amortisation_gap": "ELBO*(x) - ELBO(x): what the encoder network loses against the best Gaussian "
+                        "per point",
+    "truth_neg_log_p": "the truth's -log p_gt(x) on the same points",
+    "truth_neg_elbo": "the truth's -ELBO with its trained encoder",
+    "truth_neg_elbo_star": "the truth's -ELBO* (exact posterior, best Gaussian per point)",
+    "truth_approximation_gap": "the truth's min over Gaussians of KL(q || p_gt(z|x))",
+    "truth_amortisation_gap": "the truth's ELBO* - ELBO of its trained encoder",
+    "elbo_star_truth_minus_model": "ELBO*(truth) - ELBO*(model), paired per point; negative: the learned "
+                                   "decoder's optimal bound is higher (the truth is not the ELBO's optimum)",
+    "elbo_star_diff_stderr": "its standard error within a run (over test points, Monte-Carlo error added)",
+    "neg_elbo_star_stderr": "-ELBO*'s standard error within a run",
     # semi-supervised M2 (table semisupervised)
     "encoder": "M2's encoder family: mean_field q(y|x) q(z|x) (the paper's MFG setting) or kingma "
                "q(y|x) q(z|x,y)",

@@ -124,7 +124,29 @@ COLUMNS: dict[str, Callable[[dict[str, Any]], float]] = {
     "posterior_gap_truth": lambda r: _get(r, "metrics", "failure", "true_posterior_gap", "gap"),
     "latent_agreement": lambda r: _get(r, "metrics", "failure", "latent_agreement", "spearman_abs"),
     "test_neg_log_prob_true": lambda r: -_get(r, "summary", "test_log_prob_true"),
+    "val_neg_elbo": lambda r: -_get(r, "summary", "val_bound"),
+    # the three-way split of -ELBO (metrics "bounds"; the model's own -ELBO is the plain ELBO)
+    "neg_log_p": lambda r: _get(r, "metrics", "bounds", "model", "neg_log_p"),
+    "neg_elbo": lambda r: _get(r, "metrics", "bounds", "model", "neg_elbo"),
+    "neg_elbo_star": lambda r: _get(r, "metrics", "bounds", "model", "neg_elbo_star"),
+    "approximation_gap": lambda r: _get(r, "metrics", "bounds", "model", "approximation_gap"),
+    "amortisation_gap": lambda r: _get(r, "metrics", "bounds", "model", "amortisation_gap"),
+    "truth_neg_log_p": lambda r: _get(r, "metrics", "bounds", "truth", "neg_log_p"),
+    "truth_neg_elbo": lambda r: _get(r, "metrics", "bounds", "truth", "neg_elbo"),
+    "truth_neg_elbo_star": lambda r: _get(r, "metrics", "bounds", "truth", "neg_elbo_star"),
+    "truth_approximation_gap": lambda r: _get(r, "metrics", "bounds", "truth", "approximation_gap"),
+    "truth_amortisation_gap": lambda r: _get(r, "metrics", "bounds", "truth", "amortisation_gap"),
+    "elbo_star_truth_minus_model": lambda r: _get(r, "metrics", "bounds", "elbo_star_truth_minus_model"),
+    "elbo_star_diff_stderr": lambda r: _stderr(r, "metrics", "bounds", "elbo_star_truth_minus_model"),
+    "neg_elbo_star_stderr": lambda r: _stderr(r, "metrics", "bounds", "model", "neg_elbo_star"),
 }
+
+
+def _stderr(record: dict[str, Any], *path: str) -> float:
+    """The within-run standard error of an estimate (over the test points, Monte-Carlo error added)."""
+    se = _get(record, *path, "stderr")
+    mc = _get(record, *path, "mc_stderr")
+    return float(np.hypot(se, mc)) if np.isfinite(mc) else se
 
 
 def _best_log_p(record: dict[str, Any]) -> float:

@@ -24,7 +24,7 @@ from vaefail.benchmarks import get_benchmark
 from vaefail.config import FitConfig
 from vaefail.errors import unknown_name
 from vaefail.experiments.provenance import provenance
-from vaefail.metrics.evaluate import evaluate_run
+from vaefail.metrics.evaluate import BOUND_POINTS, evaluate_run
 
 
 def run_task(spec: dict[str, Any]) -> dict[str, bytes]:
@@ -63,7 +63,8 @@ def run_fit_task(spec: dict[str, Any]) -> dict[str, bytes]:
     metrics = evaluate_run(
         result, jax.random.PRNGKey(config.seed + 31337),
         num_samples=int(settings.get("ll_samples", 1000)),
-        sections=settings.get("sections"),
+        sections=settings.get("sections"), truth_model=result.truth,
+        bound_points=int(settings.get("bound_points", BOUND_POINTS)),
     )
     files = result.to_files()
     files["metrics.json"] = json.dumps({"summary": result.summary, "metrics": metrics}, indent=2).encode()

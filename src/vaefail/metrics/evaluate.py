@@ -25,13 +25,19 @@ from vaefail.metrics._stats import Estimate, check_x, finite
 from vaefail.metrics.curves import curve_distance, passes_through
 from vaefail.metrics.information import mutual_information
 from vaefail.metrics.likelihood import exact_log_likelihood, log_likelihood
+from vaefail.metrics.optimal import BoundDecomposition, OptimalBound, decompose, optimal_bound
 from vaefail.metrics.pareto import KHAT_THRESHOLD
 from vaefail.metrics.posterior import GAP_THRESHOLD, KHat, gaussian_gap, posterior_kl
 from vaefail.metrics.split import elbo_split, truth_comparison
 
 #: Sections of :func:`evaluate_run` that can be left out: mutual information, posterior quality
-#: (exact KL and k-hat), and the Gaussian gaps of the true and the learned posterior (the costliest).
-OPTIONAL_SECTIONS = ("mutual_information", "posterior", "gaps")
+#: (exact KL and k-hat), the Gaussian gaps of the true and the learned posterior, and the optimal-Gaussian
+#: bounds with the three-way split of -ELBO (the costliest for K >= 2).
+OPTIONAL_SECTIONS = ("mutual_information", "posterior", "gaps", "bounds")
+
+#: Points of the split on which ``ELBO*`` is computed for ``K >= 2`` (per-point optimisation is costly);
+#: ``K = 1`` uses every point.
+BOUND_POINTS = 500
 
 #: Known self-crossings of benchmark curves (data-space points the true curve passes through twice).
 CROSSINGS: dict[str, tuple[float, ...]] = {"figure8": (0.0, 0.0)}
@@ -50,6 +56,7 @@ def evaluate_run(
     khat_threshold: float = KHAT_THRESHOLD,
     crossing_radius: float | None = None,
     sections: Collection[str] | None = None,
+    bound_points: int | None = BOUND_POINTS,
 ) -> dict[str, Any]:
     """All metrics of the selected model of a run, on one of its data splits.
 
@@ -66,6 +73,11 @@ def evaluate_run(
       (``K = 1``), the truth-vs-learned ELBO comparison (from ``truth_model`` if given, else from the
       run's summary when it was fitted with the truth), the curve distance (``K = 1``) and, for
       benchmarks with a known self-crossing, whether the learned curve passes through it.
+    - ``bounds``: the optimal-Gaussian bound ``ELBO*`` and ``-ELBO = -log p + approximation gap +
+      amortisation gap`` (:mod:`vaefail.metrics.optimal`) for the model and, from the benchmark's exact
+      posterior, for the truth (its amortisation gap needs ``truth_model``); the paired difference of
+      the two ``ELBO*`` and whether the truth is the better (``truth_is_better``: ``True``/``False``
+      beyond two standard errors, else ``None``). For ``K >= 2`` on the first ``bound_points`` points.
     - ``not_applicable``: ``{metric: reason}`` for every metric reported as ``None``.
     - ``seconds``: wall time per section.
 
@@ -95,6 +107,8 @@ def evaluate_run(
         Optional sections to compute, a subset of :data:`OPTIONAL_SECTIONS` (default: all).
         Likelihood, ELBO split, truth comparison and curves are always computed; a section left out is
         ``None`` with the reason "not requested" under ``not_applicable``.
+    bound_points
+        Points (the first of the split) for ``ELBO*`` when ``K >= 2``; ``None``: all.
     """
     wanted = set(OPTIONAL_SECTIONS if sections is None else sections)
     if wanted - set(OPTIONAL_SECTIONS):
@@ -111,7 +125,7 @@ def evaluate_run(
         x = x[:max_points]
     k = int(model.latent_dim)
     keys = {name: jax.random.fold_in(key, i) for i, name in enumerate(
-        ["is", "split", "mi", "truth", "gap"])}
+        ["is", "split", "mi", "truth", "gap", "bounds"])}
     na: dict[str, str] = {}
     seconds: dict[str, float] = {}
     summary = dict(getattr(result, "summary", {}) or {})
@@ -189,18 +203,31 @@ def evaluate_run(
     report["posterior"] = posterior
     seconds["posterior"] = time.perf_counter() - t0
 
+    # ---------------------------------------------------------------- optimal-Gaussian bounds
+    t0 = time.perf_counter()
+    true_gap = model_gap = None
+    if "gaps" in wanted or "bounds" in wanted:
+        true_gap = gaussian_gap(bench, x, threshold=gap_threshold)
+        if k == 1:
+            model_gap = gaussian_gap(model, x, threshold=gap_threshold, newton_nodes=101, eval_nodes=801)
+    if "bounds" in wanted:
+        report["bounds"] = _bounds_section(model, truth_model, x, keys["bounds"], exact, true_gap, model_gap,
+                                           bound_points, na)
+    else:
+        report["bounds"] = None
+        na["bounds"] = "not requested (sections)"
+    seconds["bounds"] = time.perf_counter() - t0
+
     # ---------------------------------------------------------------- failure conditions
     t0 = time.perf_counter()
     failure: dict[str, Any] = {}
     failure["true_posterior_gap"] = None
-    if "gaps" in wanted:
-        failure["true_posterior_gap"] = gaussian_gap(bench, x, threshold=gap_threshold).to_dict()
+    if "gaps" in wanted and true_gap is not None:
+        failure["true_posterior_gap"] = true_gap.to_dict()
     else:
         na["failure.true_posterior_gap"] = na["failure.model_posterior_gap"] = "not requested (sections)"
-    if k == 1 and "gaps" in wanted:
-        failure["model_posterior_gap"] = gaussian_gap(
-            model, x, threshold=gap_threshold, newton_nodes=101, eval_nodes=801
-        ).to_dict()
+    if k == 1 and "gaps" in wanted and model_gap is not None:
+        failure["model_posterior_gap"] = model_gap.to_dict()
     else:
         failure["model_posterior_gap"] = None
         na.setdefault("failure.model_posterior_gap",
@@ -232,6 +259,53 @@ def evaluate_run(
     report["not_applicable"] = na
     report["seconds"] = {name: round(v, 3) for name, v in seconds.items()}
     return report
+
+
+def _bounds_section(
+    model: Any, truth_model: Any, x: np.ndarray, key: jax.Array, exact: Any, true_gap: Any, model_gap: Any,
+    bound_points: int | None, na: dict[str, str],
+) -> dict[str, Any]:
+    """The ``bounds`` section of :func:`evaluate_run` (its docstring)."""
+    k = int(model.latent_dim)
+    m = x.shape[0] if (k == 1 or bound_points is None) else min(x.shape[0], max(2, bound_points))
+    xb = x[:m]
+    k_model, k_truth = jax.random.split(key)
+    if model_gap is not None:
+        opt = OptimalBound.from_gap(model_gap, "grid (K = 1, Newton from grid starts)")
+    else:
+        log_p = None if exact is None else exact.per_point[:m]
+        opt = optimal_bound(model, xb, k_model, log_p=log_p)
+    learned = decompose(model, xb, k_model, optimal=opt)
+    truth_opt = OptimalBound.from_gap(true_gap, "grid (K = 1, Newton from grid starts)", m)
+    truth_dec: BoundDecomposition | None = None
+    if truth_model is not None:
+        truth_dec = decompose(truth_model, xb, k_truth, optimal=truth_opt)
+    else:
+        na["bounds.truth.amortisation_gap"] = (
+            "needs the ground-truth model with its trained encoder (fit with --truth, or pass truth_model)")
+    diff = truth_opt.elbo_star - opt.elbo_star
+    d = Estimate.of(diff)
+    mc = math.hypot(opt.mc_stderr, truth_opt.mc_stderr)
+    se = math.hypot(d.stderr, mc)
+    verdict = True if d.mean > 2 * se else (False if d.mean < -2 * se else None)
+    diff_dict = d.to_dict()
+    diff_dict["mc_stderr"] = finite(mc)
+    return {
+        "n": int(m),
+        "model": learned.to_dict(),
+        "truth": truth_dec.to_dict() if truth_dec is not None else _optimal_only(truth_opt),
+        "elbo_star_truth_minus_model": diff_dict,
+        "truth_is_better": verdict,
+    }
+
+
+def _optimal_only(opt: OptimalBound) -> dict[str, Any]:
+    """The truth's terms that need no encoder: ``-log p``, ``-ELBO*`` and the approximation gap."""
+    return {
+        "method": opt.method, "n": int(opt.log_p.size), "neg_log_p": Estimate.of(-opt.log_p).to_dict(),
+        "neg_elbo": None, "neg_elbo_star": Estimate.of(-opt.elbo_star).to_dict(),
+        "approximation_gap": Estimate.of(opt.gap).to_dict(), "amortisation_gap": None,
+    }
 
 
 def _truth_section(
@@ -361,6 +435,26 @@ def evaluation_table(report: dict[str, Any], title: str | None = None) -> Table:
     else:
         row("", f"share k-hat > {kh['threshold']}", _num(kh["share_above"], 3),
             f"median {_num(kh['median'], 2)}, 90% {_num(kh['q90'], 2)}, max {_num(kh['max'], 2)}")
+    bounds = report.get("bounds")
+    if bounds is None:
+        row("bounds", "-ELBO* and its split", "n/a", na.get("bounds", ""))
+    else:
+        for who in ("model", "truth"):
+            part = bounds[who]
+            first = True
+            for name, label in (("neg_log_p", "-log p"), ("neg_elbo", "-ELBO"), ("neg_elbo_star", "-ELBO*"),
+                                ("approximation_gap", "approximation gap"),
+                                ("amortisation_gap", "amortisation gap")):
+                note = part["method"] if first else ""
+                if part.get(name) is None:
+                    note = na.get(f"bounds.{who}.{name}", "")
+                row("bounds" if who == "model" and first else "", f"{who}: {label}", _est(part.get(name)),
+                    note)
+                first = False
+        verdict = {True: "the truth's optimal bound is higher", False: "the model's optimal bound is higher",
+                   None: "no significant difference"}[bounds["truth_is_better"]]
+        row("", "ELBO* truth - model", _est(bounds["elbo_star_truth_minus_model"]),
+            f"{verdict} (n = {bounds['n']})")
     fail = report["failure"]
     gap = fail["true_posterior_gap"]
     if gap is None:

@@ -149,7 +149,7 @@ class M2Family(ModelFamily):
 
     def truth_summary(self, benchmark: LabelledBenchmark, data: SemiSupervisedData,
                       config: SemiSupervisedConfig, key: jax.Array, eval_key: jax.Array, *,
-                      progress: bool = False) -> dict[str, Any]:
+                      progress: bool = False) -> tuple[dict[str, Any], M2]:
         model = truth_m2(self, benchmark, data, config, key, progress=progress)
         tv = evaluate_m2(stack([model]), data.packed("val"), config, eval_key)
         tt = evaluate_m2(stack([model]), data.packed("test"), config, eval_key)
@@ -157,7 +157,7 @@ class M2Family(ModelFamily):
             "truth_val_objective": float(tv["objective"][0]),
             "truth_test_objective": float(tt["objective"][0]),
             "truth_test_unlabelled": float(tt["unlabelled"][0]),
-        }
+        }, model
 
     def diverged_message(self) -> str:
         return "every M2 restart diverged (NaN/inf); try a smaller learning_rate"
