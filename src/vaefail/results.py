@@ -98,7 +98,8 @@ class FitResult:
 
     @property
     def benchmark(self) -> Benchmark:
-        return get_benchmark(self.config.benchmark, **self.config.benchmark_params)
+        """The benchmark (or, for a data run, the :class:`vaefail.userdata.UserData`) it was fitted on."""
+        return _benchmark_of(self.family, self.config)
 
     def data(self) -> Any:
         """The data this result was fitted on, regenerated from its seeds (the family's
@@ -150,7 +151,7 @@ class FitResult:
                 )
             family = family_from_path(meta["family"] if found == RUN_FORMAT else _OLD_FORMATS[found])
             config = family.config_type.from_dict(meta["config"])
-            benchmark = get_benchmark(config.benchmark, **config.benchmark_params)
+            benchmark = _benchmark_of(family, config)
             keys = list(jax.random.split(jax.random.PRNGKey(0), config.restarts))
             skeleton = family.init(config, benchmark, keys)
             models = eqx.tree_deserialise_leaves(path / "models.eqx", skeleton)
@@ -161,6 +162,15 @@ class FitResult:
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise StoreError(f"{path} is a damaged run folder: {err}") from err
         return cls(config, models, restarts, int(meta["selected"]), summary, family=family)
+
+
+def _benchmark_of(family: Any, config: Any) -> Any:
+    """The family's ``make_benchmark(config)`` when it has one (a data run rebuilds its data from the
+    recorded file), else the registered benchmark named in the config."""
+    make = getattr(family, "make_benchmark", None)
+    if make is not None:
+        return make(config)
+    return get_benchmark(config.benchmark, **config.benchmark_params)
 
 
 def run_files(run_format: str, result: FitResult) -> dict[str, bytes]:
