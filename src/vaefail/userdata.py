@@ -429,9 +429,9 @@ class UserData:
         """:meth:`split_sizes`, after checking every part has at least :data:`MIN_SPLIT_ROWS` rows."""
         sizes = self.split_sizes()
         if min(sizes) < MIN_SPLIT_ROWS:
-            need = 3 * MIN_SPLIT_ROWS if self.split is not None else math.ceil(
-                MIN_SPLIT_ROWS / min(self.spec.val_fraction, self.spec.test_fraction, 1 - self.spec.val_fraction
-                                     - self.spec.test_fraction))
+            spec = self.spec
+            smallest = min(spec.val_fraction, spec.test_fraction, 1 - spec.val_fraction - spec.test_fraction)
+            need = 3 * MIN_SPLIT_ROWS if self.split is not None else math.ceil(MIN_SPLIT_ROWS / smallest)
             raise DataError(
                 f"{self.spec.path} has {self.n} rows: too few for a train/validation/test split "
                 f"(train {sizes[0]}, val {sizes[1]}, test {sizes[2]}; each needs at least {MIN_SPLIT_ROWS}, "
@@ -531,5 +531,5 @@ def data_spec(path: str | os.PathLike[str], columns: list[str] | tuple[str, ...]
     """A :class:`DataSpec` for ``path`` (made absolute) with its current content hash."""
     p = Path(path).expanduser()
     check_file(p)
-    return DataSpec(path=str(p.resolve()), sha256=file_hash(p), columns=None if columns is None else tuple(columns),
-                    **options)
+    cols = None if columns is None else tuple(columns)
+    return DataSpec(path=str(p.resolve()), sha256=file_hash(p), columns=cols, **options)
