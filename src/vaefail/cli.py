@@ -340,6 +340,66 @@ def _evaluate_data_cmd(result: Any, samples: int, split: str, json_out: Path | N
         console.print(f"wrote {json_out}")
 
 
+@app.command("diagnose")
+@friendly
+def diagnose_cmd(
+    data: Annotated[Path, typer.Argument(help="Your data: CSV/TSV, .npy, .npz or Parquet.")],
+    latent_dims: Annotated[str, typer.Option(help="Latent dimensions K, comma-separated.")] = "1,2,3",
+    sigma: Annotated[str, typer.Option(help="sigma_eps: 'auto' (a grid), one value or a comma list "
+                                            "(standardised units unless --no-standardise).")] = "auto",
+    families: Annotated[str, typer.Option(help="Model families, comma-separated: vae, iwae.")] = "vae,iwae",
+    out: Annotated[Path, typer.Option(help="Output folder (a resumable results store).")] = Path("diagnosis"),
+    executor: Annotated[str, typer.Option(help="local or ray.")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (with --executor ray).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Parallel worker processes (default: cores).")] = None,
+    restarts: Annotated[int, typer.Option(help="Random restarts per fit.")] = 3,
+    steps: Annotated[int, typer.Option(help="Maximum training steps per fit.")] = 5000,
+    ll_samples: Annotated[int, typer.Option(help="Importance samples per test point.")] = 500,
+    max_points: Annotated[int, typer.Option(help="Test points evaluated.")] = 2000,
+    seed: Annotated[int, typer.Option(help="PRNG seed (fits and split).")] = 0,
+    columns: Annotated[str | None, typer.Option(help="Columns to use, names or 0-based indices, "
+                                                     "comma-separated (default all).")] = None,
+    standardise: Annotated[bool, typer.Option(help="Standardise each column.")] = True,
+    key: Annotated[str | None, typer.Option(help="The array of a .npz file.")] = None,
+    split_column: Annotated[str | None, typer.Option(help="A column of train/val/test.")] = None,
+    val_fraction: Annotated[float, typer.Option(help="Share of rows for validation.")] = 0.15,
+    test_fraction: Annotated[float, typer.Option(help="Share of rows for test.")] = 0.15,
+    max_columns: Annotated[int, typer.Option(help="Refuse more columns than this.")] = 1024,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Diagnose your data: fit each family x K x sigma_eps, then run the paper's guidelines as checks."""
+    from vaefail.experiments import diagnose as dg
+    from vaefail.userdata import data_spec
+
+    settings = dg.DiagnoseSettings(
+        latent_dims=dg.parse_list(latent_dims, int, "--latent-dims"), sigmas=dg.parse_sigma(sigma),
+        families=dg.parse_list(families, str, "--families"), restarts=restarts, steps=steps,
+        ll_samples=ll_samples, max_points=max_points, seed=seed)
+    options = _data_options(columns, standardise, key, split_column, val_fraction, test_fraction, max_columns)
+    spec = data_spec(data, options.pop("columns"), **options)
+    result = dg.diagnose(spec, settings, out, executor=executor, address=address, workers=workers,
+                         progress=not quiet)
+    print_diagnosis(result.report)
+    console.print(f"wrote {out / 'diagnosis.json'} and {out / 'diagnosis.html'} "
+                  f"({result.computed} fits computed, {result.seconds:.0f} s)", markup=False)
+
+
+_VERDICT_STYLE = {"ok": "green", "warning": "yellow", "failure suspected": "bold red", "not checked": "dim",
+                  "no failure found": "green"}
+
+
+def print_diagnosis(report: dict[str, Any]) -> None:
+    """The diagnosis as a Rich table: check, verdict, what it means and which guideline applies."""
+    table = Table(title=f"diagnosis of {Path(report['data']['path']).name}: {report['overall']}",
+                  title_justify="left", show_lines=True)
+    for col in ("check", "verdict", "what it means", "guideline"):
+        table.add_column(col, ratio=None if col in ("check", "verdict") else 1)
+    for c in report["checks"]:
+        table.add_row(Text(c["title"]), Text(c["verdict"], style=_VERDICT_STYLE[c["verdict"]]),
+                      Text(c["meaning"]), Text(c["guideline"]))
+    console.print(table)
+
+
 def main() -> None:
     """Console-script entry point: applies vaefail's JAX settings (:func:`vaefail.configure`), then runs."""
     from vaefail._jax import configure
