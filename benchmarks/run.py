@@ -119,7 +119,7 @@ def diagnose_time(name: str, options: list[str] | None = None) -> tuple[float, f
         data = DIAGNOSE_DATA[name][1](Path(tmp) / f"{name}.csv")
         out = Path(tmp) / "diagnosis"
         cmd = [sys.executable, "-m", "vaefail.cli", "diagnose", str(data), "--out", str(out), "--quiet",
-               *(options or [])]
+               "--drop-constant", *(options or [])]
         t = time.perf_counter()
         done = subprocess.run([sys.executable, "-c", _PEAK_RSS, *cmd], check=True, capture_output=True,
                               text=True)

@@ -248,3 +248,14 @@ def test_fit_data_then_evaluate_the_run(tmp_path):
     for name in ("likelihood.log_p_true", "split.mleo", "failure.truth_comparison"):
         assert name in report["unavailable"] and name in ev.output
     assert "no ground truth" in ev.output
+
+
+def test_drop_constant_leaves_out_constant_columns_and_records_it(tmp_path):
+    path = tmp_path / "k.csv"
+    frame = table()
+    frame.insert(1, "flat", 7.0)
+    frame.to_csv(path, index=False)
+    with pytest.raises(DataError, match="column 'flat' .* is constant"):
+        load_data(data_spec(path))
+    data = load_data(data_spec(path, drop_constant=True))
+    assert data.names == ("c0", "c1", "c2") and data.spec.to_dict()["drop_constant"] is True

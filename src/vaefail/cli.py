@@ -141,6 +141,7 @@ def fit_cmd(
     val_fraction: Annotated[float, typer.Option(help="With --data: share of rows for validation.")] = 0.15,
     test_fraction: Annotated[float, typer.Option(help="With --data: share of rows for test.")] = 0.15,
     max_columns: Annotated[int, typer.Option(help="With --data: refuse more columns than this.")] = 1024,
+    drop_constant: Annotated[bool, typer.Option(help="With --data: leave out constant columns.")] = False,
 ) -> None:
     """Fit a VAE/IWAE with the paper's restart protocol and print the per-restart table."""
     from vaefail.api import fit_config
@@ -149,7 +150,7 @@ def fit_cmd(
 
     if data is not None:
         _fit_data_cmd(data, _data_options(columns, standardise, key, split_column, val_fraction,
-                                          test_fraction, max_columns), out, quiet,
+                                          test_fraction, max_columns, drop_constant), out, quiet,
                       objective=objective, latent_dim=latent_dim, restarts=restarts, steps=steps, seed=seed,
                       num_samples=num_samples, dreg=dreg, sigma_eps=sigma_eps, learn_sigma=learn_sigma,
                       batch_size=batch_size, learning_rate=learning_rate, converge=converge)
@@ -290,7 +291,8 @@ def print_table(name: str, frame: Any) -> None:
 
 
 def _data_options(columns: str | None, standardise: bool, key: str | None, split_column: str | None,
-                  val_fraction: float, test_fraction: float, max_columns: int) -> dict[str, Any]:
+                  val_fraction: float, test_fraction: float, max_columns: int,
+                  drop_constant: bool) -> dict[str, Any]:
     """The :class:`vaefail.userdata.DataSpec` options of the --data commands (columns split on commas)."""
     if max_columns < 1:
         raise DataError(f"--max-columns must be >= 1, got {max_columns}")
@@ -298,7 +300,8 @@ def _data_options(columns: str | None, standardise: bool, key: str | None, split
     if cols is not None and not cols:
         raise DataError("--columns is empty")
     return {"columns": cols, "standardise": standardise, "key": key, "split_column": split_column,
-            "val_fraction": val_fraction, "test_fraction": test_fraction, "max_columns": max_columns}
+            "val_fraction": val_fraction, "test_fraction": test_fraction, "max_columns": max_columns,
+            "drop_constant": drop_constant}
 
 
 def _fit_data_cmd(path: Path, options: dict[str, Any], out: Path | None, quiet: bool, **fit: Any) -> None:
@@ -365,6 +368,7 @@ def diagnose_cmd(
     val_fraction: Annotated[float, typer.Option(help="Share of rows for validation.")] = 0.15,
     test_fraction: Annotated[float, typer.Option(help="Share of rows for test.")] = 0.15,
     max_columns: Annotated[int, typer.Option(help="Refuse more columns than this.")] = 1024,
+    drop_constant: Annotated[bool, typer.Option(help="Leave out constant columns.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Diagnose your data: fit each family x K x sigma_eps, then run the paper's guidelines as checks."""
@@ -375,7 +379,8 @@ def diagnose_cmd(
         latent_dims=dg.parse_list(latent_dims, int, "--latent-dims"), sigmas=dg.parse_sigma(sigma),
         families=dg.parse_list(families, str, "--families"), restarts=restarts, steps=steps,
         ll_samples=ll_samples, max_points=max_points, seed=seed)
-    options = _data_options(columns, standardise, key, split_column, val_fraction, test_fraction, max_columns)
+    options = _data_options(columns, standardise, key, split_column, val_fraction, test_fraction, max_columns,
+                            drop_constant)
     spec = data_spec(data, options.pop("columns"), **options)
     result = dg.diagnose(spec, settings, out, executor=executor, address=address, workers=workers,
                          progress=not quiet)

@@ -345,6 +345,9 @@ class DataSpec:
         ``split_column`` gives each row's part.
     max_columns
         The column limit the file was read with.
+    drop_constant
+        Leave out columns with one value in every row (they carry no information and cannot be
+        standardised) instead of refusing the file.
     """
 
     path: str
@@ -356,6 +359,7 @@ class DataSpec:
     test_fraction: float = 0.15
     split_column: str | None = None
     max_columns: int = MAX_COLUMNS
+    drop_constant: bool = False
 
     def __post_init__(self) -> None:
         if self.columns is not None:
@@ -508,7 +512,12 @@ def _load_cached(spec_json: str, check_hash: bool) -> UserData:
                             "the run cannot be rebuilt from it")
         table = read_table(path, spec.columns, key=spec.key, split_column=spec.split_column,
                            max_columns=spec.max_columns)
-    x = table.values
+    x, names = table.values, table.names
+    if spec.drop_constant:
+        keep = np.ptp(x, axis=0) > 0
+        if not keep.any():
+            raise DataError(f"every column of {path} is constant: nothing to fit")
+        x, names = x[:, keep], tuple(n for n, k in zip(names, keep, strict=True) if k)
     mean, scale = np.zeros(x.shape[1]), np.ones(x.shape[1])
     if spec.standardise:
         mean, scale = x.mean(axis=0), x.std(axis=0)
@@ -516,12 +525,12 @@ def _load_cached(spec_json: str, check_hash: bool) -> UserData:
         if const.size:
             c = const[0]
             raise DataError(
-                f"column {table.names[c]!r} of {path} is constant ({x[0, c]:.6g} in every row): it cannot be "
-                f"standardised; drop it with --columns or pass --no-standardise"
+                f"column {names[c]!r} of {path} is constant ({x[0, c]:.6g} in every row): it cannot be "
+                f"standardised; drop it with --columns or --drop-constant, or pass --no-standardise"
                 + (f" ({const.size} constant columns in all)" if const.size > 1 else "")
             )
         x = (x - mean) / scale
-    data = UserData(spec=spec, x=x, names=table.names, mean=mean, scale=scale, split=table.split)
+    data = UserData(spec=spec, x=x, names=names, mean=mean, scale=scale, split=table.split)
     data.check_split()
     return data
 
