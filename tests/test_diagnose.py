@@ -193,3 +193,25 @@ def test_diagnose_runs_end_to_end_on_digits(tmp_path):
     assert set(checks) == {"sigma", "latent_dim", "flexibility", "posterior_shape", "unseen"}
     assert checks["sigma"]["verdict"] == "not checked"  # one sigma_eps: nothing to choose between
     assert "diagnosis of digits.csv" in result.output
+
+
+def test_flexibility_control_tells_an_optimisation_shortfall_from_the_elbos_preference(data):
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=1000)
+    settings = dg.DiagnoseSettings(latent_dims=(1,), sigmas=(0.1,))
+    ref = _fit("vae", 1, 0.1, base, base - 0.1)
+    better = _fit("iwae", 1, 0.1, base + 0.2 + 0.1 * rng.normal(size=1000), base - 1.0)
+
+    def flex(refit):
+        report = dg.analyse([ref, better], settings, data, refit)
+        return next(c for c in report["checks"] if c["id"] == "flexibility")
+
+    # with its best Gaussian encoder the IWAE's model has a lower ELBO than the VAE's: the ELBO prefers the
+    # VAE's worse p(x), the paper's p(x) failure
+    worse_elbo = flex(lambda fit: base - 0.3)
+    assert worse_elbo["verdict"] == "failure suspected"
+    assert worse_elbo["numbers"]["iwae"]["refit_elbo_gain"] == pytest.approx(-0.2)
+    assert "the ELBO prefers the model with the worse p(x)" in worse_elbo["meaning"]
+    # ... a higher ELBO: the VAE's optimisation simply did not find that model
+    higher = flex(lambda fit: base + 0.1)
+    assert higher["verdict"] == "warning" and "training fell short" in higher["meaning"]

@@ -28,7 +28,7 @@ import io
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,9 +43,11 @@ from vaefail.errors import ConfigError, unknown_name
 from vaefail.experiments.execute import check_executor, execute
 from vaefail.experiments.figures import sample_model
 from vaefail.experiments.store import ResultsStore, config_hash
+from vaefail.metrics._stats import elbo_per_point
 from vaefail.metrics.nogroundtruth import evaluate_data_run
-from vaefail.protocol import fit_family
+from vaefail.protocol import fit_family, fit_inference
 from vaefail.results import FitResult
+from vaefail.stacking import take
 from vaefail.userdata import DataSpec, UserData, load_data
 
 #: Model families diagnose can fit: name -> the config changes that make it. A new family (e.g. a flow
@@ -216,6 +218,8 @@ def run_diagnose_task(spec: dict[str, Any]) -> dict[str, bytes]:
 
 # --------------------------------------------------------------------------------------- analysis
 
+Refit = Callable[["Fit"], np.ndarray]
+
 
 @dataclass
 class Fit:
@@ -320,8 +324,17 @@ def _mi(f: Fit) -> list[dict[str, Any]]:
     return mi["per_dim"]
 
 
-def analyse(fits: Sequence[Fit], settings: DiagnoseSettings, data: UserData) -> dict[str, Any]:
-    """The checks of the module docstring on the finished grid; returns the ``diagnosis.json`` content."""
+def analyse(
+    fits: Sequence[Fit], settings: DiagnoseSettings, data: UserData, refit: Refit | None = None
+) -> dict[str, Any]:
+    """The checks of the module docstring on the finished grid; returns the ``diagnosis.json`` content.
+
+    ``refit(fit)`` (optional) returns the per-point test ELBO of ``fit``'s selected model after its encoder
+    is refitted on the ELBO with the decoder frozen (:func:`refit_elbo`). The flexibility check uses it as a
+    control: when a flexible family finds a better p(x), the paper's p(x) failure means the ELBO prefers
+    the MFG-VAE's worse model; if that model with its best Gaussian encoder has the higher ELBO instead, the
+    MFG-VAE merely did not find it (an optimisation shortfall, a warning).
+    """
     ref = [f for f in fits if f.family == REFERENCE]
     best = _select(ref, "ll")
     checks = [
@@ -339,7 +352,7 @@ def analyse(fits: Sequence[Fit], settings: DiagnoseSettings, data: UserData) -> 
             "latent_dim",
             f"MFG-VAE at sigma_eps = {best.sigma:g}",
         ),
-        _flexibility(fits, best),
+        _flexibility(fits, best, refit),
         _posterior_shape(best),
         _unseen(data),
     ]
@@ -382,7 +395,7 @@ def analyse(fits: Sequence[Fit], settings: DiagnoseSettings, data: UserData) -> 
     }
 
 
-def _flexibility(fits: Sequence[Fit], best: Fit) -> dict[str, Any]:
+def _flexibility(fits: Sequence[Fit], best: Fit, refit: Refit | None = None) -> dict[str, Any]:
     guideline = (
         "Check whether a more flexible variational family changes the answer; if it does, the "
         "MFG-VAE's fit of p(x) and its latent codes are limited by its Gaussian posterior (paper, Sec. 7)."
@@ -422,15 +435,36 @@ def _flexibility(fits: Sequence[Fit], best: Fit) -> dict[str, Any]:
             "mi_changes": mi_changes,
         }
         moved = (top.latent_dim, top.sigma) != (best.latent_dim, best.sigma)
-        if beyond_noise(diff, se):
-            verdicts.append("failure suspected")
-            notes.append(f"{fam.upper()} raises held-out log-likelihood by {diff:.3f} ± {se:.3f} nats/point")
-        elif moved and diff > -2 * se:
-            verdicts.append("failure suspected")
-            notes.append(
-                f"{fam.upper()} selects K = {top.latent_dim}, sigma_eps = {top.sigma:g} where the "
+        better = beyond_noise(diff, se)
+        if better or (moved and diff > -2 * se):
+            change = (
+                f"{fam.upper()} raises held-out log-likelihood by {diff:.3f} ± {se:.3f} nats/point"
+                if better
+                else f"{fam.upper()} selects K = {top.latent_dim}, sigma_eps = {top.sigma:g} where the "
                 f"MFG-VAE selects K = {best.latent_dim}, sigma_eps = {best.sigma:g}"
             )
+            control = None if refit is None else paired(refit(top), best.elbo)
+            if control is not None:
+                numbers[fam]["refit_elbo_gain"], numbers[fam]["refit_elbo_gain_stderr"] = control
+            if control is not None and beyond_noise(*control):
+                verdicts.append("warning")
+                notes.append(
+                    f"{change}; but with its best Gaussian encoder (refitted on the ELBO) that model "
+                    f"also has a higher ELBO than the MFG-VAE's selection "
+                    f"(+{control[0]:.3f} ± {control[1]:.3f}), so the ELBO does not prefer the worse model: "
+                    "the MFG-VAE's training fell short of it "
+                    "(more restarts or steps), not its objective"
+                )
+            else:
+                verdicts.append("failure suspected")
+                tail_ = (
+                    ""
+                    if control is None
+                    else f"; with its best Gaussian encoder that model's ELBO is not higher than the "
+                    f"MFG-VAE's ({control[0]:+.3f} ± {control[1]:.3f}): the ELBO prefers the model with "
+                    "the worse p(x)"
+                )
+                notes.append(change + tail_)
         elif mi_changes:
             verdicts.append("warning")
             notes.append(
@@ -558,6 +592,34 @@ def collect(store: ResultsStore, job_list: Sequence[tuple[str, dict[str, Any]]])
     return fits
 
 
+def refit_elbo(store: ResultsStore, fit: Fit, settings: DiagnoseSettings) -> np.ndarray:
+    """Per-point test ELBO of ``fit``'s selected model with its encoder refitted on the ELBO (decoder
+    frozen; :func:`vaefail.protocol.fit_inference` for the fit's ``steps``, key ``PRNGKey(seed + 5)``),
+    on the same test points and with the same ELBO key and samples as the fits' own evaluation. Cached in
+    the store as ``runs/<key>/refit_elbo.json``, so a rerun reuses it."""
+    cache = store.path(fit.key) / "refit_elbo.json"
+    if cache.is_file():
+        return np.asarray(json.loads(cache.read_text()), np.float64)
+    result = FitResult.load(store.path(fit.key))
+    config = result.config.replace(objective="vae")
+    splits = result.data()
+    single = take(result.models, slice(result.selected, result.selected + 1))
+    model = fit_inference(
+        DATA_FAMILY,
+        single,
+        splits,
+        config,
+        jax.random.PRNGKey(config.seed + 5),
+        steps=config.steps,
+        converge=config.converge,
+    ).model
+    x = splits.test.x[: min(settings.max_points, config.n_test)]
+    elbo_key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 31337), 1)  # evaluate_data_run's
+    elbo = elbo_per_point(take(model, 0), x, elbo_key, 100)
+    write_atomic(cache, json.dumps([float(v) for v in elbo]).encode())
+    return elbo
+
+
 @dataclass
 class Diagnosis:
     """The outcome of :func:`diagnose`: the ``diagnosis.json`` content, the output folder, how many fits
@@ -600,7 +662,7 @@ def diagnose(
         progress=progress,
     )
     fits = collect(store, job_list)
-    report = analyse(fits, settings, data)
+    report = analyse(fits, settings, data, lambda fit: refit_elbo(store, fit, settings))
     report["seconds"] = round(time.perf_counter() - t0, 1)
     report["computed"] = computed
     out = Path(out)
