@@ -259,3 +259,19 @@ def test_drop_constant_leaves_out_constant_columns_and_records_it(tmp_path):
         load_data(data_spec(path))
     data = load_data(data_spec(path, drop_constant=True))
     assert data.names == ("c0", "c1", "c2") and data.spec.to_dict()["drop_constant"] is True
+
+
+def test_in_memory_arrays_and_dataframes_are_validated_like_files():
+    from vaefail.userdata import array_spec
+
+    frame = table(n=40)
+    spec = array_spec(frame, ["c1", "c0"])
+    data = load_data(spec)
+    np.testing.assert_allclose(data.unstandardise(data.x), frame[["c1", "c0"]].to_numpy(), atol=1e-12)
+    assert load_data(array_spec(frame.to_numpy())).names == ("0", "1", "2")
+    bad = frame.to_numpy().copy()
+    bad[5, 1] = np.nan
+    with pytest.raises(DataError, match="1 missing, NaN or infinite value"):
+        array_spec(bad)
+    with pytest.raises(DataError, match="in-memory array .* that this process does not hold"):
+        load_data(DataSpec(path="memory:0123456789abcdef"))
