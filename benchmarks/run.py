@@ -18,6 +18,9 @@ Rows (each the median of ``--repeats`` runs, on figure8 data):
 - with ``--reproduce``: wall time and peak memory of
   ``vaefail reproduce EXPERIMENT --preset PRESET [OPTIONS]`` into a fresh store (``--cold-cache``: with an
   empty XLA compilation cache, as on a fresh machine).
+- with ``--diagnose digits wide``: wall time, peak memory and overall verdict of ``vaefail diagnose`` at its
+  default budget on scikit-learn's digits (1,797 x 64, written to CSV) and on a 20,000 x 50 table
+  (:func:`wide_table`); targets: digits under 10 minutes, the table under 20, on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -82,6 +85,50 @@ def reproduce_time(item: str, cold_cache: bool) -> tuple[float, float]:
     return wall, int(done.stdout.split()[-1]) / 1024
 
 
+def digits_csv(path: Path) -> Path:
+    """scikit-learn's ``load_digits`` (1,797 x 64 pixel intensities 0-16) as a CSV with a header."""
+    import pandas as pd
+    from sklearn.datasets import load_digits
+
+    x = load_digits().data
+    pd.DataFrame(x, columns=[f"p{i}" for i in range(x.shape[1])]).to_csv(path, index=False)
+    return path
+
+
+def wide_table(path: Path, n: int = 20000, d: int = 50, seed: int = 0) -> Path:
+    """A 20,000 x 50 CSV from a nonlinear latent-variable model: ``z ~ N(0, I_3)``,
+    ``x = tanh(z W1) W2 + 0.1 eps`` with fixed random weights (seeded), so it has structure to find."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 3))
+    x = np.tanh(z @ rng.normal(size=(3, 16))) @ rng.normal(size=(16, d)) + 0.1 * rng.normal(size=(n, d))
+    pd.DataFrame(x, columns=[f"c{i}" for i in range(d)]).to_csv(path, index=False)
+    return path
+
+
+DIAGNOSE_DATA = {"digits": ("digits (1,797 x 64)", digits_csv), "wide": ("table (20,000 x 50)", wide_table)}
+
+
+def diagnose_time(name: str, options: list[str] | None = None) -> tuple[float, float, str]:
+    """Wall time (s), peak RSS (MB, largest process) and overall verdict of `vaefail diagnose` on ``name``
+    (a key of :data:`DIAGNOSE_DATA`) at the default budget (or ``options``), into a fresh folder."""
+    import json
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = DIAGNOSE_DATA[name][1](Path(tmp) / f"{name}.csv")
+        out = Path(tmp) / "diagnosis"
+        cmd = [sys.executable, "-m", "vaefail.cli", "diagnose", str(data), "--out", str(out), "--quiet",
+               "--drop-constant", *(options or [])]
+        t = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", _PEAK_RSS, *cmd], check=True, capture_output=True,
+                              text=True)
+        wall = time.perf_counter() - t
+        report = json.loads((out / "diagnosis.json").read_text())
+    verdicts = ", ".join(f"{c['id']} {c['verdict']}" for c in report["checks"] if c["id"] != "unseen")
+    return wall, int(done.stdout.split()[-1]) / 1024, f"{report['overall']} ({verdicts})"
+
+
 def _baselines() -> tuple[object, object] | None:
     """The torch baseline modules, or ``None`` when PyTorch is not installed."""
     if importlib.util.find_spec("torch") is None:
@@ -116,6 +163,9 @@ def main() -> None:
     parser.add_argument("--reproduce", nargs="*", default=[], metavar="EXPERIMENT:PRESET",
                         help="also time `vaefail reproduce`, e.g. all:quick table1:paper; further options "
                              "of the command in the same (quoted) item: 'table1:paper --repeats 1'")
+    parser.add_argument("--diagnose", nargs="*", default=[], choices=sorted(DIAGNOSE_DATA),
+                        help="also time `vaefail diagnose` at its default budget on digits and/or a "
+                             "20,000 x 50 table")
     parser.add_argument("--cold-cache", action="store_true",
                         help="time reproduce with an empty XLA compilation cache (a fresh machine)")
     args = parser.parse_args()
@@ -143,6 +193,11 @@ def main() -> None:
         other_rows.append((f"vaefail reproduce {experiment} --preset {preset or 'quick'} ({cache} XLA cache)",
                            "", "", f"{wall / 60:.1f} min", "", "", "", "",
                            f"wall time, peak RSS {peak:,.0f} MB"))
+    for name in args.diagnose:
+        wall, peak, verdict = diagnose_time(name)
+        other_rows.append((f"vaefail diagnose {DIAGNOSE_DATA[name][0]}", "vae, iwae", "1,2,3",
+                           f"{wall / 60:.1f} min", "", "", "", "",
+                           f"wall time, peak RSS {peak:,.0f} MB; {verdict}"))
     loglik = _Loglik(base, args.repeats) if base is not None else None
     x = np.asarray(get_benchmark("figure8").sample(jax.random.PRNGKey(1), 5000).x, np.float32)
     for row in rows:

@@ -9,8 +9,11 @@ A new command joins by adding rows to :data:`ROWS` (and, if it writes a file, it
 :data:`OUTPUT_OPTION`). Placeholders in a row's arguments: ``{run}`` a valid run folder, ``{file}`` an
 existing regular file, ``{dir}`` an empty folder, ``{foreign}`` a non-empty folder that is not a run,
 ``{new}`` a fresh path that must still not exist afterwards, ``{damaged}`` a damaged copy of ``{run}``
-(:data:`DAMAGES`). The property test at the end draws option values for ``fit``, ``sample`` and
-``evaluate`` with Hypothesis and checks the same contract.
+(:data:`DAMAGES`); data files for ``fit --data`` and ``diagnose``: ``{csv}`` a valid table, ``{nancsv}``
+one with a NaN, ``{infcsv}`` one with an inf, ``{textcsv}`` a non-numeric column, ``{headcsv}`` a header
+only, ``{raggedcsv}`` ragged rows, ``{constcsv}`` a constant column, ``{tinycsv}`` too few rows. The
+property test at the end draws option values for ``fit``, ``sample`` and ``evaluate`` with Hypothesis and
+checks the same contract.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ runner = CliRunner()
 
 #: The option each command writes its output to: added (as ``{new}``) to every row of that command that
 #: does not give it, so that every row also checks that nothing was written.
-OUTPUT_OPTION = {"fit": "--out", "sample": "--out", "evaluate": "--json", "reproduce": "--out"}
+OUTPUT_OPTION = {"fit": "--out", "sample": "--out", "evaluate": "--json", "reproduce": "--out",
+                 "diagnose": "--out"}
 
 UNWRITABLE = "/proc/vaefail-cannot-write/x"
 
@@ -137,6 +141,37 @@ ROWS: list[tuple[str, list[str], str]] = [
     ("reproduce-out-foreign", ["reproduce", "px", "--out", "{foreign}"], "not a vaefail results store"),
     ("reproduce-out-unwritable", ["reproduce", "px", "--out", UNWRITABLE], "cannot use"),
     ("reproduce-damaged-store", ["reproduce", "px", "--out", "{badstore}"], "format 'unreadable'"),
+    # ---- fit --data (your own data)
+    ("fit-data-missing-file", ["fit", "--data", "{new}/none.csv", "--sigma-eps", "1"], "does not exist"),
+    ("fit-data-a-folder", ["fit", "--data", "{dir}", "--sigma-eps", "1"], "is not a file"),
+    ("fit-data-nan", ["fit", "--data", "{nancsv}", "--sigma-eps", "1"], "missing, NaN or infinite"),
+    ("fit-data-inf", ["fit", "--data", "{infcsv}", "--sigma-eps", "1"], "missing, NaN or infinite"),
+    ("fit-data-text", ["fit", "--data", "{textcsv}", "--sigma-eps", "1"], "is not numeric"),
+    ("fit-data-header-only", ["fit", "--data", "{headcsv}", "--sigma-eps", "1"], "no data rows"),
+    ("fit-data-ragged", ["fit", "--data", "{raggedcsv}", "--sigma-eps", "1"], "ragged rows"),
+    ("fit-data-constant", ["fit", "--data", "{constcsv}", "--sigma-eps", "1"], "constant"),
+    ("fit-data-too-few-rows", ["fit", "--data", "{tinycsv}", "--sigma-eps", "1", "--batch-size", "2"],
+     "too few"),
+    ("fit-data-unknown-column", ["fit", "--data", "{csv}", "--sigma-eps", "1", "--columns", "x9"],
+     "no column 'x9'"),
+    ("fit-data-fraction-range", ["fit", "--data", "{csv}", "--sigma-eps", "1", "--val-fraction", "1.5"],
+     "must be in (0, 1)"),
+    ("fit-data-fraction-nan", ["fit", "--data", "{csv}", "--sigma-eps", "1", "--val-fraction", "nan"],
+     "must be in (0, 1)"),
+    ("fit-data-sigma-inf", ["fit", "--data", "{csv}", "--sigma-eps", "inf"], "sigma_eps"),
+    ("fit-data-out-unwritable", ["fit", "--data", "{csv}", "--sigma-eps", "1", "--out", UNWRITABLE],
+     "cannot write"),
+    # ---- diagnose
+    ("diagnose-missing-file", ["diagnose", "{new}/none.csv"], "does not exist"),
+    ("diagnose-damaged-file", ["diagnose", "{raggedcsv}"], "ragged rows"),
+    ("diagnose-nan", ["diagnose", "{nancsv}"], "missing, NaN or infinite"),
+    ("diagnose-latent-dims-type", ["diagnose", "{csv}", "--latent-dims", "1,x"], "comma-separated ints"),
+    ("diagnose-sigma-negative", ["diagnose", "{csv}", "--sigma", "-1"], "--sigma values must be > 0"),
+    ("diagnose-unknown-family", ["diagnose", "{csv}", "--families", "vae,flw"], "unknown family 'flw'"),
+    ("diagnose-unknown-executor", ["diagnose", "{csv}", "--executor", "spark"], "unknown executor 'spark'"),
+    ("diagnose-ll-samples-range", ["diagnose", "{csv}", "--ll-samples", "10"], "--ll-samples must be >= 25"),
+    ("diagnose-out-unwritable", ["diagnose", "{csv}", "--out", UNWRITABLE], "cannot"),
+    ("diagnose-out-foreign", ["diagnose", "{csv}", "--out", "{foreign}"], "not a vaefail results store"),
 ]
 
 
@@ -259,6 +294,8 @@ def no_computation(monkeypatch):
     monkeypatch.setattr("vaefail.api.fit_config", _reached)
     monkeypatch.setattr("vaefail.metrics.evaluate.evaluate_run", _reached)
     monkeypatch.setattr("vaefail.experiments.reproduce.execute", _reached)
+    monkeypatch.setattr("vaefail.protocol.fit_family", _reached)
+    monkeypatch.setattr("vaefail.experiments.diagnose.execute", _reached)
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -272,9 +309,21 @@ def _places(tmp_path: Path, run_folder: Path) -> dict[str, str]:
     (tmp_path / "foreign" / "thesis.tex").write_text("keep me")
     (tmp_path / "badstore").mkdir()
     (tmp_path / "badstore" / "store.json").write_text("{not json")
-    return {"run": str(run_folder), "file": str(tmp_path / "file"), "dir": str(tmp_path / "dir"),
-            "foreign": str(tmp_path / "foreign"), "new": str(tmp_path / "new"),
-            "badstore": str(tmp_path / "badstore")}
+    rows = [f"{i / 10},{(i * 7) % 13 / 5}" for i in range(400)]
+    tables = {
+        "csv": ["a,b", *rows], "nancsv": ["a,b", *rows[:5], "0.5,nan", *rows[5:]],
+        "infcsv": ["a,b", *rows[:9], "inf,0.5", *rows[9:]],
+        "textcsv": ["a,b", *rows[:3], "0.1,high", *rows[3:]],
+        "headcsv": ["a,b"], "raggedcsv": ["a,b", *rows[:4], "1,2,3", *rows[4:]],
+        "constcsv": ["a,b", *(f"{i / 10},1.0" for i in range(400))], "tinycsv": ["a,b", *rows[:8]],
+    }
+    places = {"run": str(run_folder), "file": str(tmp_path / "file"), "dir": str(tmp_path / "dir"),
+              "foreign": str(tmp_path / "foreign"), "new": str(tmp_path / "new"),
+              "badstore": str(tmp_path / "badstore")}
+    for name, lines in tables.items():
+        (tmp_path / f"{name}.csv").write_text("\n".join(lines) + "\n")
+        places[name] = str(tmp_path / f"{name}.csv")
+    return places
 
 
 def check_contract(result, message: str | None, new: Path) -> None:

@@ -207,12 +207,31 @@ def fit_cmd(
     truth: Annotated[bool, typer.Option(help="Also fit the true decoder's best encoder.")] = True,
     param: Annotated[list[str] | None, typer.Option(help="Benchmark parameter NAME=VALUE.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    data: Annotated[Path | None, typer.Option(
+        help="Fit your own data instead of a benchmark: CSV/TSV, .npy, .npz or Parquet.")] = None,
+    columns: Annotated[str | None, typer.Option(help="With --data: columns to use, names or 0-based "
+                                                     "indices, comma-separated (default all).")] = None,
+    standardise: Annotated[bool, typer.Option(help="With --data: standardise each column.")] = True,
+    key: Annotated[str | None, typer.Option(help="With --data: the array of a .npz file.")] = None,
+    split_column: Annotated[str | None, typer.Option(
+        help="With --data: a column of train/val/test giving each row's part.")] = None,
+    val_fraction: Annotated[float, typer.Option(help="With --data: share of rows for validation.")] = 0.15,
+    test_fraction: Annotated[float, typer.Option(help="With --data: share of rows for test.")] = 0.15,
+    max_columns: Annotated[int, typer.Option(help="With --data: refuse more columns than this.")] = 1024,
+    drop_constant: Annotated[bool, typer.Option(help="With --data: leave out constant columns.")] = False,
 ) -> None:
     """Fit a VAE/IWAE with the paper's restart protocol and print the per-restart table."""
     from vaefail.api import fit_benchmark, fit_config
     from vaefail.config import FitConfig
     from vaefail.results import check_writable
 
+    if data is not None:
+        _fit_data_cmd(data, _data_options(columns, standardise, key, split_column, val_fraction,
+                                          test_fraction, max_columns, drop_constant), out, quiet, overwrite,
+                      objective=objective, latent_dim=latent_dim, restarts=restarts, steps=steps, seed=seed,
+                      num_samples=num_samples, dreg=dreg, sigma_eps=sigma_eps, learn_sigma=learn_sigma,
+                      batch_size=batch_size, learning_rate=learning_rate, converge=converge)
+        return
     config = FitConfig(
         benchmark=benchmark, benchmark_params=_parse_params(param), objective=objective,
         latent_dim=latent_dim, restarts=restarts, steps=steps, seed=seed, num_samples=num_samples,
@@ -254,8 +273,9 @@ def print_result(result: Any) -> None:
     lines = [
         f"selected restart {s['selected']} ({s['start']} start): "
         + test_scores(s["test_bound"], s["test_elbo"]),
-        f"exact test -E[log p_gt(x)] {-s['test_log_prob_true']:.4f}",
     ]
+    if "test_log_prob_true" in s:  # a data run has no ground truth
+        lines.append(f"exact test -E[log p_gt(x)] {-s['test_log_prob_true']:.4f}")
     if "truth_test_elbo" in s:
         verdict = "learned beats the truth" if s["test_bound"] > s["truth_test_bound"] else (
             "truth beats the learned model"
@@ -301,6 +321,9 @@ def evaluate_cmd(
     if json_out is not None:
         check_output_file(json_out, "--json")
     result = FitResult.load(run_dir)
+    if not getattr(result.benchmark, "has_truth", True):
+        _evaluate_data_cmd(result, samples, split, json_out, seed)
+        return
     with err_console.status(f"evaluating {run_dir} ({split} split, {samples} importance samples per "
                             "point; the first call compiles)", spinner="dots") if not quiet else _nothing():
         truth_vae = None
@@ -381,6 +404,125 @@ def print_table(name: str, frame: Any) -> None:
 @contextlib.contextmanager
 def _nothing() -> Any:
     yield
+
+
+# ------------------------------------------------------------------------------- your own data
+
+
+def _data_options(columns: str | None, standardise: bool, key: str | None, split_column: str | None,
+                  val_fraction: float, test_fraction: float, max_columns: int,
+                  drop_constant: bool) -> dict[str, Any]:
+    """The :class:`vaefail.userdata.DataSpec` options of the --data commands (columns split on commas)."""
+    if max_columns < 1:
+        raise DataError(f"--max-columns must be >= 1, got {max_columns}")
+    cols = None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]
+    if cols is not None and not cols:
+        raise DataError("--columns is empty")
+    return {"columns": cols, "standardise": standardise, "key": key, "split_column": split_column,
+            "val_fraction": val_fraction, "test_fraction": test_fraction, "max_columns": max_columns,
+            "drop_constant": drop_constant}
+
+
+def _fit_data_cmd(path: Path, options: dict[str, Any], out: Path | None, quiet: bool, overwrite: bool,
+                  **fit: Any) -> None:
+    """``vaefail fit --data FILE``: read and validate everything before anything is trained or written."""
+    from vaefail.datafit import DATA_FAMILY, data_config
+    from vaefail.protocol import fit_family
+    from vaefail.results import check_writable
+    from vaefail.userdata import data_spec, load_data
+
+    columns = options.pop("columns")
+    spec = data_spec(path, columns, **options)
+    config = data_config(spec, **fit)
+    if out is not None:
+        check_writable(out, overwrite=overwrite)
+    data = load_data(spec)
+    more = ", ..." if data.x_dim > 8 else ""
+    console.print(f"{spec.path}: {data.n} rows x {data.x_dim} columns ({', '.join(data.names[:8])}{more}); "
+                  f"split {config.n_train}/{config.n_val}/{config.n_test}"
+                  f"{'; standardised' if spec.standardise else ''}", markup=False)
+    result = fit_family(DATA_FAMILY, config, data, progress=not quiet)
+    print_result(result)
+    if out is not None:
+        result.save(out, overwrite=overwrite)
+        console.print(f"saved run to {out}", markup=False, soft_wrap=True)
+
+
+def _evaluate_data_cmd(result: Any, samples: int, split: str, json_out: Path | None, seed: int) -> None:
+    """``vaefail evaluate`` on a data run: the truth-free metrics, and which sections are unavailable."""
+    import jax
+
+    from vaefail.metrics.nogroundtruth import data_evaluation_table, evaluate_data_run
+
+    report = evaluate_data_run(result, jax.random.PRNGKey(seed), num_samples=samples, split=split)
+    console.print(data_evaluation_table(report))
+    console.print("no ground truth: the sections marked unavailable need the true density, posterior, "
+                  "decoder or latents", markup=False)
+    if json_out is not None:
+        write_atomic(json_out, json.dumps(report, indent=2).encode())
+        console.print(f"wrote {json_out}")
+
+
+@app.command("diagnose")
+@friendly
+def diagnose_cmd(
+    data: Annotated[Path, typer.Argument(help="Your data: CSV/TSV, .npy, .npz or Parquet.")],
+    latent_dims: Annotated[str, typer.Option(help="Latent dimensions K, comma-separated.")] = "1,2,3",
+    sigma: Annotated[str, typer.Option(help="sigma_eps: 'auto' (a grid), one value or a comma list "
+                                            "(standardised units unless --no-standardise).")] = "auto",
+    families: Annotated[str, typer.Option(help="Model families, comma-separated: vae, iwae.")] = "vae,iwae",
+    out: Annotated[Path, typer.Option(help="Output folder (a resumable results store).")] = Path("diagnosis"),
+    executor: Annotated[str, typer.Option(help="local or ray.")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (with --executor ray).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Parallel worker processes (default: cores).")] = None,
+    restarts: Annotated[int, typer.Option(help="Random restarts per fit.")] = 3,
+    steps: Annotated[int, typer.Option(help="Maximum training steps per fit.")] = 5000,
+    ll_samples: Annotated[int, typer.Option(help="Importance samples per test point.")] = 500,
+    max_points: Annotated[int, typer.Option(help="Test points evaluated.")] = 2000,
+    seed: Annotated[int, typer.Option(help="PRNG seed (fits and split).")] = 0,
+    columns: Annotated[str | None, typer.Option(help="Columns to use, names or 0-based indices, "
+                                                     "comma-separated (default all).")] = None,
+    standardise: Annotated[bool, typer.Option(help="Standardise each column.")] = True,
+    key: Annotated[str | None, typer.Option(help="The array of a .npz file.")] = None,
+    split_column: Annotated[str | None, typer.Option(help="A column of train/val/test.")] = None,
+    val_fraction: Annotated[float, typer.Option(help="Share of rows for validation.")] = 0.15,
+    test_fraction: Annotated[float, typer.Option(help="Share of rows for test.")] = 0.15,
+    max_columns: Annotated[int, typer.Option(help="Refuse more columns than this.")] = 1024,
+    drop_constant: Annotated[bool, typer.Option(help="Leave out constant columns.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Diagnose your data: fit each family x K x sigma_eps, then run the paper's guidelines as checks."""
+    from vaefail.experiments import diagnose as dg
+    from vaefail.userdata import data_spec
+
+    settings = dg.DiagnoseSettings(
+        latent_dims=dg.parse_list(latent_dims, int, "--latent-dims"), sigmas=dg.parse_sigma(sigma),
+        families=dg.parse_list(families, str, "--families"), restarts=restarts, steps=steps,
+        ll_samples=ll_samples, max_points=max_points, seed=seed)
+    options = _data_options(columns, standardise, key, split_column, val_fraction, test_fraction, max_columns,
+                            drop_constant)
+    spec = data_spec(data, options.pop("columns"), **options)
+    result = dg.diagnose(spec, settings, out, executor=executor, address=address, workers=workers,
+                         progress=not quiet)
+    print_diagnosis(result.report)
+    console.print(f"wrote {out / 'diagnosis.json'} and {out / 'diagnosis.html'} "
+                  f"({result.computed} fits computed, {result.seconds:.0f} s)", markup=False)
+
+
+_VERDICT_STYLE = {"ok": "green", "warning": "yellow", "failure suspected": "bold red", "not checked": "dim",
+                  "no failure found": "green"}
+
+
+def print_diagnosis(report: dict[str, Any]) -> None:
+    """The diagnosis as a Rich table: check, verdict, what it means and which guideline applies."""
+    table = Table(title=f"diagnosis of {Path(report['data']['path']).name}: {report['overall']}",
+                  title_justify="left", show_lines=True)
+    for col in ("check", "verdict", "what it means", "guideline"):
+        table.add_column(col, ratio=None if col in ("check", "verdict") else 1)
+    for c in report["checks"]:
+        table.add_row(Text(c["title"]), Text(c["verdict"], style=_VERDICT_STYLE[c["verdict"]]),
+                      Text(c["meaning"]), Text(c["guideline"]))
+    console.print(table)
 
 
 def main() -> None:

@@ -59,11 +59,16 @@ class ModelFamily:
         """Freshly initialised stacked models, one per key."""
         raise NotImplementedError
 
+    def make_benchmark(self, config: Any) -> Any:
+        """The benchmark (or data set) a config names: by default the registered benchmark with its
+        parameters."""
+        return get_benchmark(config.benchmark, **config.benchmark_params)
+
     def skeleton(self, config: Any) -> Any:
         """Stacked models of the structure ``config`` describes (their values are overwritten when a saved
-        run is read): :meth:`init` on the config's benchmark."""
-        benchmark = get_benchmark(config.benchmark, **config.benchmark_params)
-        return self.init(config, benchmark, list(jax.random.split(jax.random.PRNGKey(0), config.restarts)))
+        run is read): :meth:`init` on :meth:`make_benchmark`."""
+        keys = list(jax.random.split(jax.random.PRNGKey(0), config.restarts))
+        return self.init(config, self.make_benchmark(config), keys)
 
     def train_data(self, data: Any) -> jax.Array:
         """The training array whose rows :func:`~vaefail.training.optimise` samples mini-batches from."""

@@ -26,7 +26,7 @@ import equinox as eqx
 import pandas as pd
 
 from vaefail._io import check_folder_writable
-from vaefail.benchmarks import Benchmark, get_benchmark
+from vaefail.benchmarks import Benchmark
 from vaefail.errors import StoreError, VaefailError
 from vaefail.stacking import take
 
@@ -105,7 +105,9 @@ class FitResult:
 
     @property
     def benchmark(self) -> Benchmark:
-        return get_benchmark(self.config.benchmark, **self.config.benchmark_params)
+        """The benchmark (or, for a data run, the :class:`vaefail.userdata.UserData`) it was fitted on:
+        the family's :meth:`~vaefail.protocol.ModelFamily.make_benchmark`."""
+        return self.family.make_benchmark(self.config)
 
     def data(self) -> Any:
         """The data this result was fitted on, regenerated from its seeds (the family's
