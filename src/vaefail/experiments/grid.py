@@ -42,7 +42,7 @@ from vaefail.errors import ConfigError, unknown_name
 from vaefail.semisupervised.config import SemiSupervisedConfig
 from vaefail.semisupervised.digits import DigitsConfig
 
-EXPERIMENTS = ("table1", "px", "latent", "sigma", "sweep", "semisupervised")
+EXPERIMENTS = ("table1", "px", "latent", "sigma", "sweep", "semisupervised", "downstream")
 PRESETS = ("quick", "paper", "smoke")
 LABEL_KEYS = ("benchmark", "benchmark_params", "objective", "latent_dim", "sigma_mode", "sigma_factor")
 #: Kinds of configuration and the config keys that label their table rows.

@@ -240,7 +240,7 @@ def format_table(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[
 
     The ``keys`` column and the ``_std`` companions (folded into their metric) are dropped.
     """
-    columns = [c for c in table.columns if c != "keys" and not c.endswith("_std")]
+    columns = [c for c in table.columns if not c.endswith("keys") and not c.endswith("_std")]
     n_labels = columns.index("repeats") if "repeats" in columns else 0  # label columns come first
     labels = [i < n_labels or c in LABEL_ORDER for i, c in enumerate(columns)]
     rows = []
