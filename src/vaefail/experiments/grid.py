@@ -20,7 +20,8 @@ Two optional keys generalise this, and grids without them mean what they always 
   :class:`~vaefail.semisupervised.DigitsConfig` with one seed per repetition (``seeds = [r]``).
 - ``[tables.<name>]``: a further grid of the same experiment (its own ``kind``, ``grid``, ``fixed``,
   ``eval`` and ``presets``), whose rows form the table ``<name>`` (written to ``<name>.csv``); the main
-  grid's rows form the table named after the experiment.
+  grid's rows form the table named after the experiment. A further grid with ``rows_in = "<table>"`` adds
+  its rows to that table instead (a grid is a cartesian product, so one table may need several).
 
 A preset may also replace grid axes and evaluation settings: ``[presets.<name>.grid]`` and
 ``[presets.<name>.eval]`` list the entries it changes (e.g. more encoders at the paper preset than at the
@@ -119,8 +120,8 @@ def load_experiment(name: str, preset: str = "quick", repeats: int | None = None
     grid = load_grid(name)
     tasks = _expand(name, name, grid, preset, repeats)
     for table, sub in grid.get("tables", {}).items():
-        tasks += _expand(name, table, sub, preset, repeats)
-    notes = {t: sub.get("description", "") for t, sub in grid.get("tables", {}).items()}
+        tasks += _expand(name, sub.get("rows_in", table), sub, preset, repeats)
+    notes = {t: sub.get("description", "") for t, sub in grid.get("tables", {}).items() if "rows_in" not in sub}
     return Experiment(name, grid.get("description", ""), tasks, notes)
 
 

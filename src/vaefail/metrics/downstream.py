@@ -169,19 +169,19 @@ def knn_r2(features: np.ndarray, target: np.ndarray, *, neighbours: int = 20) ->
     """Leave-one-out k-nearest-neighbour R^2 of ``target`` (n, T) predicted from ``features`` (n, F).
 
     ``R^2 = 1 - U / (1 + 1/k)`` with ``U = sum_i ||t_i - mean_{j in N_k(i)} t_j||^2 / sum_i ||t_i -
-    mean(t)||^2`` and ``N_k(i)`` the ``k`` nearest other points in the standardised features. It estimates
+    mean(t)||^2`` and ``N_k(i)`` the ``k`` nearest other points in the features' ranks (each feature replaced by its rank / n). It estimates
     ``Var(E[t|f]) / Var(t)``: the mean of ``k`` neighbours' targets adds ``Var(t|f) / k`` to the residual,
     which the factor ``1 + 1/k`` removes (0 in expectation when ``t`` is independent of ``f``). It is
-    unchanged by any monotone map of a 1-D feature.
+    unchanged by a monotone map of any feature.
     Features with no variance give 0.
     """
     f = np.asarray(features, np.float64).reshape(len(features), -1)
     t = np.asarray(target, np.float64).reshape(len(target), -1)
     require(len(f) == len(t) and len(f) > neighbours, "knn_r2 needs as many features as targets, > k")
-    sd = f.std(axis=0)
-    f = f[:, sd > 1e-12] / sd[sd > 1e-12]
+    f = f[:, f.std(axis=0) > 1e-12]
     if f.shape[1] == 0:
         return 0.0
+    f = np.apply_along_axis(rankdata, 0, f) / len(f)  # ranks: a monotone map of a feature changes nothing
     _, idx = cKDTree(f).query(f, k=neighbours + 1)
     pred = t[idx[:, 1:]].mean(axis=1)
     unexplained = ((t - pred) ** 2).sum() / ((t - t.mean(0)) ** 2).sum()
@@ -194,7 +194,7 @@ def latent_recovery(z_true: np.ndarray, code: np.ndarray, *, neighbours: int = 2
 
     - ``recovery``: :func:`knn_r2` of ``z_true`` from the active code dimensions, an estimate of
       ``Var(E[z|code]) / Var(z)`` (1: the code determines z; 0: it carries nothing about z). It is invariant
-      to invertible reparametrisations of the code (exactly so for monotone maps of a 1-D code).
+      to monotone maps of each code dimension (and, approximately, to smooth invertible reparametrisations).
     - ``active_dims``: dimensions with ``Var_x(code_k) > active_threshold``.
     - ``signal_share``: per dimension, :func:`knn_r2` of ``code_k`` from ``z_true`` (the share of the
       dimension's variance that the true latent explains; ``nan`` for an inactive dimension).
