@@ -393,10 +393,12 @@ def off_manifold_share(bench: Benchmark, x: np.ndarray, factor: float = 3.0) -> 
 
 
 def outlier_points(bench: Benchmark, reference: np.ndarray, key: jax.Array, n: int, *,
-                   factor: float = 3.0, margin: float = 0.25) -> np.ndarray:
+                   near: float = 2.0, far: float = 4.0, margin: float = 0.25) -> np.ndarray:
     """``n`` off-manifold points: uniform in the bounding box of ``reference`` widened by ``margin`` of its
-    range on each side, kept when farther than ``factor * sigma_eps`` from the true manifold (between
-    clusters, inside figure8's loops, off the line or beyond quadratic's interval)."""
+    range on each side, kept when their distance to the true manifold is between ``near * sigma_eps`` and
+    ``far * sigma_eps`` (``far = inf``: any farther point). Near misses, not far-away points: between
+    clusters, inside figure8's loops, beside the line, just beyond quadratic's interval; the truth gives
+    them little but not negligible density, so a model's errors in p(x) show in its AUROC."""
     lo, hi = reference.min(0), reference.max(0)
     lo, hi = lo - margin * (hi - lo), hi + margin * (hi - lo)
     out: list[np.ndarray] = []
@@ -404,7 +406,7 @@ def outlier_points(bench: Benchmark, reference: np.ndarray, key: jax.Array, n: i
     for _ in range(1000):
         cand = rng.uniform(lo, hi, size=(4 * n, bench.x_dim))
         dist, _ = manifold_projection(bench, cand)
-        out.append(cand[dist > factor * bench.sigma_eps])
+        out.append(cand[(dist > near * bench.sigma_eps) & (dist < far * bench.sigma_eps)])
         if sum(map(len, out)) >= n:
             return np.concatenate(out)[:n]
     raise ValueError(f"{bench.name}: could not draw {n} off-manifold points")
