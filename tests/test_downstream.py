@@ -7,8 +7,8 @@ import math
 import jax
 import numpy as np
 import pytest
-from conftest import exact_linear_vae
 
+from conftest import exact_linear_vae
 from vaefail.benchmarks import get_benchmark
 from vaefail.metrics import downstream as ds
 
@@ -137,3 +137,27 @@ def test_robustness_code_reading_normal_noise():
                            lambda x: np.broadcast_to(normal, (len(x), 1, 2)).copy(), truth.log_prob)
     r = ds.robustness(bench, model, d.x)
     assert math.isinf(r["eps_along"]) and r["eps_normal"] == pytest.approx(0.1)
+
+
+@pytest.mark.slow
+def test_reproduce_downstream_smoke(tmp_path):
+    """The experiment end to end on linear at the smoke preset: one row per family plus the truth, claims,
+    figures, and a cache that a rebuild reuses (same numbers)."""
+    from vaefail.experiments.downstream import build_downstream_table
+    from vaefail.experiments.reproduce import reproduce
+    from vaefail.experiments.store import ResultsStore
+
+    out = tmp_path / "results"
+    result = reproduce("downstream", "smoke", out, repeats=1, workers=1, progress=False,
+                       only={"benchmark": ["linear"]})
+    table = result.tables["downstream"]
+    assert list(table.family) == ["truth", "vae", "iwae"] and set(table.benchmark) == {"linear"}
+    truth = table[table.family == "truth"].iloc[0]
+    assert truth.recovery > 0.9 and truth.multimodal_share == 0.0 and truth.k_bound == 1.0
+    assert set(table.k_bound) <= {1.0, 2.0, 3.0}
+    ids = {c["id"] for c in result.claims}
+    assert {"downstream.linear.compression", "downstream.linear.outliers"} <= ids
+    assert (out / "downstream.csv").is_file() and (out / "figures" / "downstream_outliers.png").is_file()
+    assert len(list((out / "downstream").glob("*.json"))) == 3
+    again = build_downstream_table(result.experiments[0], ResultsStore(out), "smoke")
+    assert again.drop(columns=["keys", "k1_keys"]).equals(table.drop(columns=["keys", "k1_keys"]))

@@ -387,7 +387,9 @@ def _needs_above(margin: float) -> str:
 def downstream_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
     """The paper's downstream consequences, per benchmark, from the downstream table (rows: benchmark x
     family, with the truth)."""
-    out = []
+    out: list[dict[str, Any]] = []
+    if t.empty or "family" not in t:
+        return out
     for bench in dict.fromkeys(t.benchmark):
         truth, vae, iwae = (_row(t, benchmark=bench, family=f) for f in ("truth", "vae", "iwae"))
         if truth is None or vae is None:

@@ -121,7 +121,8 @@ def load_experiment(name: str, preset: str = "quick", repeats: int | None = None
     tasks = _expand(name, name, grid, preset, repeats)
     for table, sub in grid.get("tables", {}).items():
         tasks += _expand(name, sub.get("rows_in", table), sub, preset, repeats)
-    notes = {t: sub.get("description", "") for t, sub in grid.get("tables", {}).items() if "rows_in" not in sub}
+    notes = {t: sub.get("description", "") for t, sub in grid.get("tables", {}).items()
+             if "rows_in" not in sub}
     return Experiment(name, grid.get("description", ""), tasks, notes)
 
 

@@ -169,7 +169,8 @@ def knn_r2(features: np.ndarray, target: np.ndarray, *, neighbours: int = 20) ->
     """Leave-one-out k-nearest-neighbour R^2 of ``target`` (n, T) predicted from ``features`` (n, F).
 
     ``R^2 = 1 - U / (1 + 1/k)`` with ``U = sum_i ||t_i - mean_{j in N_k(i)} t_j||^2 / sum_i ||t_i -
-    mean(t)||^2`` and ``N_k(i)`` the ``k`` nearest other points in the features' ranks (each feature replaced by its rank / n). It estimates
+    mean(t)||^2`` and ``N_k(i)`` the ``k`` nearest other points in the features' ranks (each feature
+    replaced by its rank / n). It estimates
     ``Var(E[t|f]) / Var(t)``: the mean of ``k`` neighbours' targets adds ``Var(t|f) / k`` to the residual,
     which the factor ``1 + 1/k`` removes (0 in expectation when ``t`` is independent of ``f``). It is
     unchanged by a monotone map of any feature.
