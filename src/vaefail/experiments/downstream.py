@@ -31,7 +31,7 @@ from vaefail.experiments.store import ResultsStore, config_hash
 #: :class:`vaefail.models.VAE`.
 FAMILIES: tuple[str, ...] = ("vae", "iwae")
 #: Version of the cached measures (bump when a measure changes meaning).
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 #: Columns of the downstream table, in order (each the mean over repetitions; ``_std`` beside it).
 MEASURES = (
     "k_bound", "k_ll", "mi_total", "active_dims",

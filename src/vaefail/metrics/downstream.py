@@ -169,8 +169,8 @@ def knn_r2(features: np.ndarray, target: np.ndarray, *, neighbours: int = 20) ->
     """Leave-one-out k-nearest-neighbour R^2 of ``target`` (n, T) predicted from ``features`` (n, F).
 
     ``R^2 = 1 - U / (1 + 1/k)`` with ``U = sum_i ||t_i - mean_{j in N_k(i)} t_j||^2 / sum_i ||t_i -
-    mean(t)||^2`` and ``N_k(i)`` the ``k`` nearest other points in the features' ranks (each feature
-    replaced by its rank / n). It estimates
+    mean(t)||^2`` and ``N_k(i)`` the ``k = max(3, min(neighbours, n // 25))`` nearest other points in
+    the features' ranks (each feature replaced by its rank / n). It estimates
     ``Var(E[t|f]) / Var(t)``: the mean of ``k`` neighbours' targets adds ``Var(t|f) / k`` to the residual,
     which the factor ``1 + 1/k`` removes (0 in expectation when ``t`` is independent of ``f``). It is
     unchanged by a monotone map of any feature.
@@ -178,7 +178,8 @@ def knn_r2(features: np.ndarray, target: np.ndarray, *, neighbours: int = 20) ->
     """
     f = np.asarray(features, np.float64).reshape(len(features), -1)
     t = np.asarray(target, np.float64).reshape(len(target), -1)
-    require(len(f) == len(t) and len(f) > neighbours, "knn_r2 needs as many features as targets, > k")
+    require(len(f) == len(t) and len(f) > 3, "knn_r2 needs as many features as targets, at least 4")
+    neighbours = max(3, min(neighbours, len(f) // 25))  # at most 4% of the points in a neighbourhood
     f = f[:, f.std(axis=0) > 1e-12]
     if f.shape[1] == 0:
         return 0.0
