@@ -167,3 +167,66 @@ def _best_log_p(record: dict[str, Any]) -> float:
     from vaefail.experiments.reproduce import _best_log_p as best
 
     return best(record)
+
+
+#: What each column of the downstream table means (shown under the table in the report).
+COLUMN_HELP: dict[str, str] = {
+    "family": "the model family (the value of objective), or the benchmark's exact model (truth)",
+    "k_bound": "K (1-3, sigma_eps fixed) with the best test bound of the family's own objective: the "
+               "selected model of every other column",
+    "k_ll": "K with the best held-out log p(x)",
+    "active_dims": "code dimensions with Var_x E[z_k|x] > 0.01",
+    "recovery": "Var(E[z_true|code]) / Var(z_true), leave-one-out k-NN R^2 on ranks (1: the code "
+                "determines z)",
+    "noise_dims": "active code dimensions of which z_true explains less than half the variance",
+    "noise_kept": "share of the true noise x - f_gt(z_true) that the code predicts (k-NN R^2)",
+    "multimodal_share": "share of test points whose true posterior has a second mode of mass >= 0.1",
+    "mode_overlap": "on those points, sum_j min(model, truth) over sorted posterior mode masses of the K = 1 "
+                    "model (1: same split; 0.5: commits to one of two equal modes)",
+    "committed": "on those points, share where the K = 1 model puts > 90% of its mass in one mode",
+    "sigma_ratio": "sigma_eps learned by the family's objective (K = 1) over the true sigma_eps",
+    "denoise_ratio": "rms distance of reconstructions f(E_q[z|x]) to the true manifold over the data's",
+    "eps_along": "median input step along the true manifold that moves the code by 0.1 prior std "
+                 "(n/a: infinite, the code does not respond)",
+    "eps_normal": "the same step in the worst direction normal to the true manifold",
+    "normal_over_along": "median of the code's sensitivity normal over along the true manifold",
+    "energy": "energy distance between model samples and fresh truth samples",
+    "energy_p": "permutation-test p-value of that energy distance",
+    "off_manifold": "share of model samples farther than 3 sigma_eps from the true manifold",
+    "auroc": "AUROC of -log p(x) for test points against near-miss off-manifold points (2-4 sigma_eps)",
+}
+
+#: One sentence per task: its name, what the columns answer, and the columns quoted.
+READING: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("Compression", "does the selection criterion recover the true K = 1", ("k_bound", "k_ll")),
+    ("Latent recovery", "how much of the true z the selected model's code determines", ("recovery",)),
+    ("Ambiguity", "on two-mode points, does the K = 1 model split its posterior like the truth (overlap 1) "
+                  "or commit to one mode (0.5)", ("mode_overlap",)),
+    ("Signal/noise", "is the learned noise level right (ratio 1), are reconstructions denoised (0), and how "
+                     "much true noise the code keeps", ("sigma_ratio", "denoise_ratio", "noise_kept")),
+    ("Robustness", "how much more the code reacts to off-manifold than to on-manifold perturbations",
+     ("normal_over_along",)),
+    ("Generation", "can a two-sample test tell model samples from truth samples (p < 0.05)", ("energy_p",)),
+    ("Outliers", "how well -log p(x) separates near-miss outliers (truth: exact density)", ("auroc",)),
+)
+
+
+def reading(table: pd.DataFrame) -> list[str]:
+    """One sentence per downstream task: the question and the numbers that answer it, per benchmark and
+    family (mean over repetitions)."""
+    if table.empty or "family" not in table:
+        return []
+    out = []
+    for task, question, cols in READING:
+        parts = []
+        for bench, sub in table.groupby("benchmark", sort=False):
+            cells = []
+            for col in cols:
+                vals = [f"{fam} {row[col]:.2f}" for fam, row in sub.set_index("family").iterrows()
+                        if np.isfinite(row[col])]
+                if vals:
+                    cells.append(f"{col} " + ", ".join(vals))
+            if cells:
+                parts.append(f"{bench}: " + "; ".join(cells))
+        out.append(f"{task} ({question}): " + (" | ".join(parts) if parts else "not applicable") + ".")
+    return out
