@@ -74,8 +74,6 @@ def build_downstream_table(experiment: Experiment, store: ResultsStore, preset: 
     """The downstream table: one row per benchmark and family (and the truth), mean and ``_std`` over
     repetitions of every column of :data:`MEASURES`, ``repeats``, and ``keys`` (the selected fits) and
     ``k1_keys`` (the ``K = 1`` fits)."""
-    from vaefail.experiments.reproduce import task_key
-
     conf = settings(preset)
     index = _index(experiment.tasks)
     rows: list[dict[str, Any]] = []
@@ -163,10 +161,20 @@ def _compute(store: ResultsStore, family: str, fits: dict[int, str], learned: st
                   "sigma_ratio": sigma / bench.sigma_eps}
 
 
-def _best_log_p(record: dict[str, Any]) -> float:
-    from vaefail.experiments.reproduce import _best_log_p as best
+def task_key(task: Task) -> str:
+    """The store key of a task (as :func:`vaefail.experiments.reproduce.task_key`)."""
+    return config_hash(task.spec())
 
-    return best(record)
+
+def _best_log_p(record: dict[str, Any]) -> float:
+    """Held-out mean log p_theta(x): exact (quadrature, K <= 2) when stored, else importance-sampled."""
+    ll = (record.get("metrics") or {}).get("likelihood") or {}
+    for name in ("log_p_exact", "log_p_is"):
+        value = ll.get(name)
+        value = value.get("mean") if isinstance(value, dict) else value
+        if value is not None and np.isfinite(float(value)):
+            return float(value)
+    return float("nan")
 
 
 #: What each column of the downstream table means (shown under the table in the report).

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from vaefail.experiments.figures import COLOURS
+#: Colour of each family (the truth black), as in the other experiments' figures.
+COLOURS = {"truth": "black", "vae": "tab:red", "iwae": "tab:blue", "flow": "tab:green"}
 
 #: Per task: figure stem, title, caption and the table columns drawn (one panel each).
 TASKS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
