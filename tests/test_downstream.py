@@ -162,3 +162,27 @@ def test_reproduce_downstream_smoke(tmp_path):
     assert len(list((out / "downstream").glob("*.json"))) == 3
     again = build_downstream_table(result.experiments[0], ResultsStore(out), "smoke")
     assert again.drop(columns=["keys", "k1_keys"]).equals(table.drop(columns=["keys", "k1_keys"]))
+
+
+def test_downstream_claims_on_a_synthetic_table():
+    import pandas as pd
+
+    from vaefail.experiments.claims import downstream_claims
+
+    assert downstream_claims(pd.DataFrame()) == []
+    base = {c: 0.5 for c in ("k_bound", "k_ll", "recovery", "noise_kept", "multimodal_share",
+                             "mode_overlap", "sigma_ratio", "normal_over_along", "energy", "energy_p",
+                             "off_manifold", "auroc")}
+    rows = [{**base, "benchmark": "quadratic", "family": f, "repeats": 3, **extra} for f, extra in (
+        ("truth", {"mode_overlap": 1.0, "mode_overlap_std": 0.0, "auroc": 0.99, "auroc_std": 0.001}),
+        ("vae", {"mode_overlap": 0.5, "mode_overlap_std": 0.01, "auroc": 0.90, "auroc_std": 0.001,
+                 "k_bound": 2.0, "energy_p": 0.01}),
+        ("iwae", {"mode_overlap": 0.9, "mode_overlap_std": 0.01, "auroc": 0.98, "auroc_std": 0.001}))]
+    claims = {c["id"]: c for c in downstream_claims(pd.DataFrame(rows))}
+    assert claims["downstream.quadratic.ambiguity"]["reproduced"] is True
+    assert claims["downstream.quadratic.outliers"]["reproduced"] is True
+    assert claims["downstream.quadratic.compression"]["reproduced"] is True
+    assert claims["downstream.quadratic.generation"]["reproduced"] is True
+    rows[1]["mode_overlap"] = 0.999  # within noise of the truth: not reproduced
+    claims = {c["id"]: c for c in downstream_claims(pd.DataFrame(rows))}
+    assert claims["downstream.quadratic.ambiguity"]["reproduced"] is False
