@@ -26,10 +26,9 @@ from vaefail.errors import ConfigError
 from vaefail.experiments.grid import Experiment, Task, load_grid
 from vaefail.experiments.store import ResultsStore, config_hash
 
-#: The model families of the table, as the value of ``objective`` in the grid. A new family (e.g. a flow)
-#: is one more entry here, in the grid's ``objective`` lists, and in :data:`ADAPTERS` if its models are not
-#: :class:`vaefail.models.VAE`.
-FAMILIES: tuple[str, ...] = ("vae", "iwae")
+#: The model families are the values of ``objective`` in the grid's ``[common_grid]`` (in that order): a new
+#: family (e.g. a flow) is one more entry there, plus an entry of :data:`ADAPTERS` if its fitted models are
+#: not :class:`vaefail.models.VAE`.
 #: Version of the cached measures (bump when a measure changes meaning).
 CACHE_VERSION = 3
 #: Columns of the downstream table, in order (each the mean over repetitions; ``_std`` beside it).
@@ -76,14 +75,15 @@ def build_downstream_table(experiment: Experiment, store: ResultsStore, preset: 
     ``k1_keys`` (the ``K = 1`` fits)."""
     conf = settings(preset)
     index = _index(experiment.tasks)
+    families = list(dict.fromkeys(k[1] for k in index))
     rows: list[dict[str, Any]] = []
     benches = list(dict.fromkeys(k[0] for k in index))
     repeats = sorted({k[4] for k in index})
     for bench in benches:
-        for family in ("truth", *[f for f in FAMILIES if any(k[:2] == (bench, f) for k in index)]):
+        for family in ("truth", *[f for f in families if any(k[:2] == (bench, f) for k in index)]):
             per_rep, keys, k1_keys = [], [], []
             for rep in repeats:
-                anchor = next((f for f in FAMILIES if (bench, f, 1, "fixed", rep) in index), None)
+                anchor = next((f for f in families if (bench, f, 1, "fixed", rep) in index), None)
                 if anchor is None:
                     continue
                 source = anchor if family == "truth" else family
