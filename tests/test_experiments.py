@@ -54,7 +54,7 @@ def test_only_selects_part_of_a_grid():
     assert select(paper, {}) == paper
     # strict: experiments whose configurations lack a label are left out
     chosen = select(load_experiments("all", "quick"), parse_only(["latent_dim=1", "objective=vae"]))
-    assert {e.name for e in chosen} == {"table1", "px", "latent", "sigma", "sweep"}
+    assert {e.name for e in chosen} == {"table1", "px", "latent", "sigma", "sweep", "downstream"}
     labels = [t.labels for e in chosen for t in e.tasks]
     assert all(la["latent_dim"] == 1 and la["objective"] == "vae" for la in labels)
     with pytest.raises(UnknownNameError, match="unknown label .* 'sigma'.*Did you mean 'sigma_mode'"):
@@ -278,6 +278,7 @@ def test_workers_run_xla_with_one_thread(tmp_path):
     and the worker is not left confined to one core."""
     script = (
         "import os, vaefail, jax, jax.numpy as jnp\n"
+        "vaefail.configure()\n"
         "(jnp.ones((300, 300)) @ jnp.ones((300, 300))).block_until_ready()\n"
         "names = [open(f'/proc/self/task/{t}/comm').read() for t in os.listdir('/proc/self/task')]\n"
         "print(sum(n.startswith('tf_XLAEigen') for n in names), len(os.sched_getaffinity(0)))\n"

@@ -95,6 +95,8 @@ def test_expected_files_exist(smoke):
     expected += [f"px_{b}_{kind}" for b in ("figure8", "clusters") for kind in kinds]
     expected += [f"latent_quadratic_{kind}" for kind in kinds]
     expected += ["semisupervised_semicircle_decoder_curves", "digits_accuracy"]
+    expected += [f"downstream_{task}" for task in ("compression", "recovery", "signal_noise", "robustness",
+                                                    "generation", "outliers", "ambiguity")]
     for stem in expected:
         png = root / "figures" / f"{stem}.png"
         assert png.is_file(), stem

@@ -343,7 +343,7 @@ def evaluate_cmd(
 @friendly
 def reproduce_cmd(
     experiment: Annotated[str, typer.Argument(
-        help="table1, px, latent, sigma, sweep, semisupervised or all.")] = "all",
+        help="table1, px, latent, sigma, sweep, semisupervised, downstream or all.")] = "all",
     preset: Annotated[str, typer.Option(help="quick (minutes) or paper (the paper's protocol).")] = "quick",
     out: Annotated[Path, typer.Option(help="Results folder (a resumable store).")] = Path("results"),
     executor: Annotated[str, typer.Option(help="local or ray.")] = "local",
@@ -385,7 +385,7 @@ def reproduce_cmd(
 def print_table(name: str, frame: Any) -> None:
     """Print an experiment table (mean +- std over repeats)."""
     table = Table(title=name)
-    values = [c for c in frame.columns if not c.endswith("_std") and c != "keys"]
+    values = [c for c in frame.columns if not c.endswith("_std") and not c.endswith("keys")]
     for col in values:
         table.add_column(col, justify="right")
     for _, row in frame.iterrows():

@@ -902,4 +902,25 @@ def make_figures(store: Any, tables: dict[str, pd.DataFrame], out_dir: str | os.
              "Test accuracy (450 held-out images) of M2 and of classifiers trained on the labelled points "
              "alone, with 10 labels per class and with every training label; mean ± std over seeds.",
              lambda: digits_figure(table))
+    table = tables.get("downstream")
+    if table is not None and not table.empty and "family" in table:
+        from vaefail.experiments.downstream_figures import TASKS, ambiguity_figure, bars_figure
+
+        for stem, title, caption, cols in TASKS:
+            emit("downstream", f"downstream_{stem}", title, caption,
+                 lambda c=cols: bars_figure(table, c, log=("eps_along", "eps_normal")))
+        quad = table[(table.benchmark == "quadratic") & (table.family != "truth")]
+        if not quad.empty:
+            from vaefail.metrics.downstream import from_vae
+
+            def patient() -> Figure:
+                fits = [(str(r.family), runs.result(str(r.k1_keys).split()[0]))
+                        for _, r in quad.iterrows()]
+                return ambiguity_figure(fits[0][1].benchmark,
+                                        [(f, from_vae(r.model, name=f)) for f, r in fits])
+
+            emit("downstream", "downstream_ambiguity", "Ambiguity: the patient example",
+                 "p_gt(z|x = 0.2) on quadratic (two diseases explain the symptoms) against each family's "
+                 "K = 1 model's exact posterior p_theta(z|x = 0.2) in its own latent (repeat 0), with the "
+                 "mass of each mode.", patient)
     return figures, errors

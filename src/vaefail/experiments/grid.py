@@ -20,7 +20,10 @@ Two optional keys generalise this, and grids without them mean what they always 
   :class:`~vaefail.semisupervised.DigitsConfig` with one seed per repetition (``seeds = [r]``).
 - ``[tables.<name>]``: a further grid of the same experiment (its own ``kind``, ``grid``, ``fixed``,
   ``eval`` and ``presets``), whose rows form the table ``<name>`` (written to ``<name>.csv``); the main
-  grid's rows form the table named after the experiment.
+  grid's rows form the table named after the experiment. A further grid with ``rows_in = "<table>"`` adds
+  its rows to that table instead (a grid is a cartesian product, so one table may need several).
+- ``[common_grid]`` (top level): axes added to the main grid and to every further grid (e.g. the model
+  families, listed once).
 
 A preset may also replace grid axes and evaluation settings: ``[presets.<name>.grid]`` and
 ``[presets.<name>.eval]`` list the entries it changes (e.g. more encoders at the paper preset than at the
@@ -42,7 +45,7 @@ from vaefail.errors import ConfigError, unknown_name
 from vaefail.semisupervised.config import SemiSupervisedConfig
 from vaefail.semisupervised.digits import DigitsConfig
 
-EXPERIMENTS = ("table1", "px", "latent", "sigma", "sweep", "semisupervised")
+EXPERIMENTS = ("table1", "px", "latent", "sigma", "sweep", "semisupervised", "downstream")
 PRESETS = ("quick", "paper", "smoke")
 LABEL_KEYS = ("benchmark", "benchmark_params", "objective", "latent_dim", "sigma_mode", "sigma_factor")
 #: Kinds of configuration and the config keys that label their table rows.
@@ -117,11 +120,18 @@ def load_experiment(name: str, preset: str = "quick", repeats: int | None = None
         Override the preset's number of independent repetitions (>= 1).
     """
     grid = load_grid(name)
-    tasks = _expand(name, name, grid, preset, repeats)
+    common = grid.get("common_grid", {})
+    tasks = _expand(name, name, _with_axes(grid, common), preset, repeats)
     for table, sub in grid.get("tables", {}).items():
-        tasks += _expand(name, table, sub, preset, repeats)
-    notes = {t: sub.get("description", "") for t, sub in grid.get("tables", {}).items()}
+        tasks += _expand(name, sub.get("rows_in", table), _with_axes(sub, common), preset, repeats)
+    notes = {t: sub.get("description", "") for t, sub in grid.get("tables", {}).items()
+             if "rows_in" not in sub}
     return Experiment(name, grid.get("description", ""), tasks, notes)
+
+
+def _with_axes(grid: dict[str, Any], common: dict[str, Any]) -> dict[str, Any]:
+    """``grid`` with the axes of ``common_grid`` added to its ``[grid]`` (its own entries win)."""
+    return {**grid, "grid": {**common, **grid.get("grid", {})}} if common else grid
 
 
 def _expand(name: str, table: str, grid: dict[str, Any], preset: str, repeats: int | None) -> list[Task]:

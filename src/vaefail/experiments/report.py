@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 
 from vaefail._io import write_atomic
+from vaefail.experiments.downstream import COLUMN_HELP as _DOWNSTREAM_HELP
+from vaefail.experiments.downstream import reading as _downstream_reading
 from vaefail.experiments.figures import FigureFile, make_figures
 
 #: What each table column means (shown under each table, for the columns it has).
@@ -94,6 +96,10 @@ COLUMN_HELP: dict[str, str] = {
     "m2_minus_logistic": "paired difference M2 - logistic per seed (same labelled subset)",
     "m2_minus_mlp": "paired difference M2 - MLP per seed",
 }
+
+COLUMN_HELP |= {k: v for k, v in _DOWNSTREAM_HELP.items() if k not in COLUMN_HELP}
+#: Per table, sentences on what its numbers mean (shown under the table).
+READINGS = {"downstream": _downstream_reading}
 
 LABEL_ORDER = ("benchmark", "benchmark_params", "objective", "encoder", "latent_dim", "sigma_mode",
                "sigma_factor", "labels_per_class")
@@ -264,7 +270,7 @@ def format_table(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[
 
     The ``keys`` column and the ``_std`` companions (folded into their metric) are dropped.
     """
-    columns = [c for c in table.columns if c != "keys" and not c.endswith("_std")]
+    columns = [c for c in table.columns if not c.endswith("keys") and not c.endswith("_std")]
     n_labels = columns.index("repeats") if "repeats" in columns else 0  # label columns come first
     labels = [i < n_labels or c in LABEL_ORDER for i, c in enumerate(columns)]
     rows = []
@@ -446,6 +452,9 @@ def render_html(ctx: _Context) -> str:
                 _html_table(headers, rows, labels),
                 f'<p>Raw numbers: <a href="{_e(name)}.csv"><code>{_e(name)}.csv</code></a>.</p>',
             ]
+            if name in READINGS:
+                out.append("<ul>" + "".join(f"<li>{_e(t)}</li>" for t in READINGS[name](ctx.tables[name]))
+                           + "</ul>")
             helps = [(c, COLUMN_HELP[c]) for c in headers if c in COLUMN_HELP]
             if helps:
                 out.append('<details><summary>Columns</summary><dl class="help">')
@@ -516,6 +525,8 @@ def render_markdown(ctx: _Context) -> str:
                 note = _table_note(e, name)
                 out += [f"### Table: {name}", ""] + ([note, ""] if note else [])
             out += [_md_table(headers, rows, labels), "", f"Raw numbers: [`{name}.csv`]({name}.csv).", ""]
+            if name in READINGS:
+                out += [f"- {t}" for t in READINGS[name](ctx.tables[name])] + [""]
             helps = [(c, COLUMN_HELP[c]) for c in headers if c in COLUMN_HELP]
             if helps:
                 out += [f"- `{c}`: {h}" for c, h in helps] + [""]

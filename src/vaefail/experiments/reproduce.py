@@ -73,7 +73,7 @@ def reproduce(
     stale = sorted({k for k, _ in jobs if store.has(k) and store.fingerprint(k) != current})
     computed = execute(jobs, store, run_task, executor=executor, address=address, workers=workers,
                        progress=progress, redo=() if reuse_stale else stale)
-    tables = {name: table for e in experiments for name, table in build_tables(e, store).items()}
+    tables = {name: table for e in experiments for name, table in build_tables(e, store, preset).items()}
     for name, table in tables.items():
         write_atomic(store.root / f"{name}.csv", table.to_csv(index=False).encode())
     claims: list[dict[str, Any]] = []
@@ -202,8 +202,15 @@ KIND_COLUMNS: dict[str, dict[str, Callable[[dict[str, Any]], float]]] = {
 }
 
 
-def build_tables(experiment: Experiment, store: ResultsStore) -> dict[str, pd.DataFrame]:
-    """Every table of an experiment (:attr:`Experiment.tables`), each from :func:`build_table`."""
+def build_tables(experiment: Experiment, store: ResultsStore,
+                 preset: str = "quick") -> dict[str, pd.DataFrame]:
+    """Every table of an experiment (:attr:`Experiment.tables`), each from :func:`build_table`; the
+    ``downstream`` experiment has one table of measures computed from its fits
+    (:func:`vaefail.experiments.downstream.build_downstream_table`, with the ``preset``'s settings)."""
+    if experiment.name == "downstream":
+        from vaefail.experiments.downstream import build_downstream_table
+
+        return {"downstream": build_downstream_table(experiment, store, preset)}
     return {name: build_table(experiment, store, name) for name in experiment.tables}
 
 

@@ -12,6 +12,8 @@ samples) and returns per-point arrays or JSON-ready summaries.
 - :mod:`~vaefail.metrics.curves` - learned vs true curve distance; does a curve pass a point.
 - :mod:`~vaefail.metrics.pareto` - the generalized-Pareto fit behind k-hat.
 - :mod:`~vaefail.metrics.evaluate` - everything for one run, as a dict and a Rich table.
+- :mod:`~vaefail.metrics.downstream` - downstream tasks (latent recovery, ambiguity, denoising, robustness,
+  two-sample test, outlier AUROC) for any model family through one adapter.
 """
 
 from vaefail.metrics.curves import Crossing, CurveDistance, curve_distance, passes_through
