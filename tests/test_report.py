@@ -170,7 +170,7 @@ def test_rewrite_replaces_outputs(smoke, tmp_path):
     store = ResultsStore(copy)
     files = write_outputs(store, smoke.experiments, {"sigma": smoke.tables["sigma"]}, [], preset="smoke")
     assert files.errors == []
-    assert [p.name for p in files.figures] == ["sigma_selection.png"]
+    assert [p.name for p in files.figures] == ["sigma_elbo_parts.png", "sigma_selection.png"]
     html = files.html.read_text()
     assert html.count("<img ") == 1 and "No claim can be tested" in html
     assert not list(copy.glob(".*.tmp"))
