@@ -434,7 +434,14 @@ def _flexibility(fits: Sequence[Fit], best: Fit, refit: Refit | None = None) -> 
             "log_p_gain_stderr": se,
             "mi_changes": mi_changes,
         }
+        # a changed selection counts when the family's own choice beats its fit at the MFG-VAE's choice
+        # beyond noise (paired); without that fit, any change counts
         moved = (top.latent_dim, top.sigma) != (best.latent_dim, best.sigma)
+        if moved and same is not None:
+            numbers[fam]["selection_gain"], numbers[fam]["selection_gain_stderr"] = paired(
+                top.log_p, same.log_p
+            )
+            moved = beyond_noise(*paired(top.log_p, same.log_p))
         better = beyond_noise(diff, se)
         if better or (moved and diff > -2 * se):
             change = (
