@@ -219,3 +219,18 @@ def test_flexibility_control_tells_an_optimisation_shortfall_from_the_elbos_pref
     # ... a higher ELBO: the VAE's optimisation simply did not find that model
     higher = flex(lambda fit: base + 0.1)
     assert higher["verdict"] == "warning" and "training fell short" in higher["meaning"]
+
+
+def test_a_changed_selection_counts_only_beyond_noise(data):
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=1000)
+    settings = dg.DiagnoseSettings(latent_dims=(1, 2), sigmas=(0.1,))
+    vae = [_fit("vae", 1, 0.1, base, base - 0.1), _fit("vae", 2, 0.1, base - 0.05, base - 0.2)]
+
+    def flex(gain):
+        iwae = [_fit("iwae", 1, 0.1, base, base - 1), _fit("iwae", 2, 0.1, base + gain, base - 1)]
+        report = dg.analyse(vae + iwae, settings, data, lambda fit: base - 0.5)
+        return next(c for c in report["checks"] if c["id"] == "flexibility")
+
+    assert flex(0.005)["verdict"] == "ok"  # IWAE prefers K = 2 by 0.005 nats: not beyond noise
+    assert flex(0.1)["verdict"] == "failure suspected"
