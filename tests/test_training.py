@@ -71,11 +71,27 @@ def test_optimise_marks_nan_restart_diverged_and_keeps_others():
     assert out.history.shape == (2, 3)
 
 
+_COUNT_INDEPENDENCE = """
+import json, vaefail
+vaefail.configure(cpu_devices=1)
+tiny = dict(steps=400, init_steps=200, eval_every=200, n_train=500, n_val=200, n_test=200, converge=False,
+            truth_restarts=0)
+two = vaefail.fit("linear", seed=3, restarts=2, **tiny).restarts.val_bound.tolist()
+four = vaefail.fit("linear", seed=3, restarts=4, **tiny).restarts.val_bound.tolist()
+print(json.dumps([two, four]))
+"""
+
+
 def test_restarts_are_independent_of_their_count():
-    """Restart r's trajectory depends only on (seed, r): the first two of four equal a run of two."""
-    two = vaefail.fit("linear", seed=3, **{**TINY, "restarts": 2, "truth_restarts": 0})
-    four = vaefail.fit("linear", seed=3, **{**TINY, "restarts": 4, "truth_restarts": 0})
-    np.testing.assert_allclose(two.restarts.val_bound, four.restarts.val_bound[:2], rtol=1e-5)
+    """Restart r's trajectory depends only on (seed, r): on one device (restarts in pairs) the first two of
+    four equal a run of two, up to the rounding of the evaluation, which vmaps all restarts at once (1e-7).
+    (Split across devices, a device's vmap width changes the float32
+    rounding, which a short run with a diverging restart amplifies: measured -1.48 vs -1.68 nats for
+    restart 1 of this fit, against 1e-7 after 50 steps.)"""
+    out = subprocess.run([sys.executable, "-c", _COUNT_INDEPENDENCE], capture_output=True, text=True,
+                         check=True)
+    two, four = json.loads(out.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(two, four[:2], rtol=1e-6)
 
 
 def test_restarts_run_in_pairs_on_one_device_without_changing_the_fit():
