@@ -141,6 +141,10 @@ ROWS: list[tuple[str, list[str], str]] = [
     ("reproduce-out-foreign", ["reproduce", "px", "--out", "{foreign}"], "not a vaefail results store"),
     ("reproduce-out-unwritable", ["reproduce", "px", "--out", UNWRITABLE], "cannot use"),
     ("reproduce-damaged-store", ["reproduce", "px", "--out", "{badstore}"], "format 'unreadable'"),
+    ("reproduce-downstream-preset", ["reproduce", "downstream", "--preset", "fast"], "unknown preset 'fast'"),
+    ("reproduce-downstream-typo", ["reproduce", "downstrem"], "Did you mean 'downstream'"),
+    ("reproduce-downstream-only", ["reproduce", "downstream", "--only", "latent_dim=9"],
+     "latent_dim takes 1, 2, 3"),
     # ---- fit --data (your own data)
     ("fit-data-missing-file", ["fit", "--data", "{new}/none.csv", "--sigma-eps", "1"], "does not exist"),
     ("fit-data-a-folder", ["fit", "--data", "{dir}", "--sigma-eps", "1"], "is not a file"),
