@@ -29,7 +29,7 @@ from vaefail.experiments.tasks import run_task
 from vaefail.semisupervised import DigitsConfig, make_m2
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 runner = CliRunner()
 
 
