@@ -2,7 +2,7 @@
 never silently reused, and faults in a sweep (a lost Ray node, two sweeps on one store) cost nothing.
 
 The bad-input and damaged-run matrix is in ``test_bad_input.py``; killing a local sweep with ``kill -9``
-and resuming it is ``tests/experiments/test_execute_and_store.py::test_killed_sweep_resumes_without_recomputing``.
+and resuming it is ``experiments/test_execute_and_store.py::test_killed_sweep_resumes_without_recomputing``.
 """
 
 from __future__ import annotations
