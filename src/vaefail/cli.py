@@ -130,17 +130,29 @@ def fit_cmd(
     truth: Annotated[bool, typer.Option(help="Also fit the true decoder's best encoder.")] = True,
     param: Annotated[list[str] | None, typer.Option(help="Benchmark parameter NAME=VALUE.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    encoder: Annotated[str, typer.Option(help="gaussian (MFG) or flow (normalising flow q(z|x)).")] = "gaussian",
+    flow_type: Annotated[str, typer.Option(help="spline or affine (with --encoder flow).")] = "spline",
+    flow_layers: Annotated[int, typer.Option(help="Coupling layers (with --encoder flow).")] = 2,
+    flow_bins: Annotated[int, typer.Option(help="Spline bins (with --encoder flow).")] = 8,
+    decoder_l2: Annotated[float, typer.Option(help="L2 penalty on the decoder (with --encoder flow).")] = 0.0,
 ) -> None:
     """Fit a VAE/IWAE with the paper's restart protocol and print the per-restart table."""
-    from vaefail.api import fit_config
-    from vaefail.config import FitConfig
+    from vaefail.api import encoder_config, fit_config
+    from vaefail.config import FlowConfig
     from vaefail.results import check_writable
 
-    config = FitConfig(
+    config_type = encoder_config(encoder)
+    flow = {"flow_type": flow_type, "flow_layers": flow_layers, "flow_bins": flow_bins, "decoder_l2": decoder_l2}
+    if config_type is not FlowConfig:
+        changed = [name for name, value in flow.items() if value != FlowConfig.__dataclass_fields__[name].default]
+        if changed:
+            raise DataError(f"--{changed[0].replace('_', '-')} needs --encoder flow")
+        flow = {}
+    config = config_type(
         benchmark=benchmark, benchmark_params=_parse_params(param), objective=objective,
         latent_dim=latent_dim, restarts=restarts, steps=steps, seed=seed, num_samples=num_samples,
         dreg=dreg, sigma_eps=sigma_eps, learn_sigma=learn_sigma, batch_size=batch_size,
-        learning_rate=learning_rate, init_steps=init_steps, converge=converge,
+        learning_rate=learning_rate, init_steps=init_steps, converge=converge, **flow,
     )
     if out is not None:
         check_writable(out)
@@ -155,7 +167,9 @@ def print_result(result: Any) -> None:
     """Print a fit's per-restart table and its summary."""
     c = result.config
     bound = "ELBO" if c.objective == "vae" else f"IWAE_{c.num_samples}"
-    table = Table(title=f"{c.benchmark}, {c.objective}, K={c.latent_dim}: restarts ({bound}, nats/point)")
+    family = getattr(result.family, "name", "vae")
+    encoder = f", {c.flow_type} flow encoder ({c.flow_layers} layers)" if family == "flow" else ""
+    table = Table(title=f"{c.benchmark}, {c.objective}{encoder}, K={c.latent_dim}: restarts ({bound}, nats/point)")
     for col in ("restart", "start", "status", "steps", "train", "val", "test", "test ELBO", "sigma_eps"):
         table.add_column(col, justify="right")
     for row in result.restarts.itertuples():
