@@ -130,7 +130,7 @@ def fit_cmd(
     truth: Annotated[bool, typer.Option(help="Also fit the true decoder's best encoder.")] = True,
     param: Annotated[list[str] | None, typer.Option(help="Benchmark parameter NAME=VALUE.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
-    encoder: Annotated[str, typer.Option(help="gaussian (MFG) or flow (normalising flow q(z|x)).")] = "gaussian",
+    encoder: Annotated[str, typer.Option(help="gaussian (MFG) or flow (a normalising flow).")] = "gaussian",
     flow_type: Annotated[str, typer.Option(help="spline or affine (with --encoder flow).")] = "spline",
     flow_layers: Annotated[int, typer.Option(help="Coupling layers (with --encoder flow).")] = 2,
     flow_bins: Annotated[int, typer.Option(help="Spline bins (with --encoder flow).")] = 8,
@@ -142,9 +142,11 @@ def fit_cmd(
     from vaefail.results import check_writable
 
     config_type = encoder_config(encoder)
-    flow = {"flow_type": flow_type, "flow_layers": flow_layers, "flow_bins": flow_bins, "decoder_l2": decoder_l2}
+    flow = {"flow_type": flow_type, "flow_layers": flow_layers, "flow_bins": flow_bins,
+            "decoder_l2": decoder_l2}
     if config_type is not FlowConfig:
-        changed = [name for name, value in flow.items() if value != FlowConfig.__dataclass_fields__[name].default]
+        defaults = FlowConfig.__dataclass_fields__
+        changed = [name for name, value in flow.items() if value != defaults[name].default]
         if changed:
             raise DataError(f"--{changed[0].replace('_', '-')} needs --encoder flow")
         flow = {}
@@ -169,7 +171,8 @@ def print_result(result: Any) -> None:
     bound = "ELBO" if c.objective == "vae" else f"IWAE_{c.num_samples}"
     family = getattr(result.family, "name", "vae")
     encoder = f", {c.flow_type} flow encoder ({c.flow_layers} layers)" if family == "flow" else ""
-    table = Table(title=f"{c.benchmark}, {c.objective}{encoder}, K={c.latent_dim}: restarts ({bound}, nats/point)")
+    table = Table(
+        title=f"{c.benchmark}, {c.objective}{encoder}, K={c.latent_dim}: restarts ({bound}, nats/point)")
     for col in ("restart", "start", "status", "steps", "train", "val", "test", "test ELBO", "sigma_eps"):
         table.add_column(col, justify="right")
     for row in result.restarts.itertuples():

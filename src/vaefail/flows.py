@@ -46,7 +46,7 @@ _DERIVATIVE_SHIFT = math.log(math.expm1(1.0))
 
 
 def check_flow(flow_type: str, layers: int, bins: int) -> None:
-    """Raise a :class:`~vaefail.errors.ConfigError` for an unknown flow type, no layer, or fewer than 2 bins."""
+    """Raise a :class:`~vaefail.errors.ConfigError` for an unknown flow type, no layer or under 2 bins."""
     if flow_type not in FLOW_TYPES:
         raise unknown_name("flow type", flow_type, FLOW_TYPES)
     require(layers >= 1, f"flow_layers must be >= 1, got {layers}")
@@ -147,7 +147,7 @@ class CouplingLayer(eqx.Module):
         self.net = eqx.tree_at(lambda m: m.layers[-1], net, zero)
 
     def _params(self, x: jax.Array, u: jax.Array) -> jax.Array:
-        """Element-wise parameters ``(len(b), n, S, per_dim)`` from ``x`` ``(D, n)`` and ``u`` ``(K, n, S)``."""
+        """Raw parameters ``(len(b), n, S, per_dim)`` from ``x`` (``(D, n)``) and ``u`` (``(K, n, S)``)."""
         n, s = u.shape[1], u.shape[2]
         if not self.a:  # conditioned on x alone: once per point, shared by its samples
             raw = mlp_columns(self.net, x)[:, :, None]
@@ -169,7 +169,7 @@ class CouplingLayer(eqx.Module):
 
 
 def _partition(latent_dim: int, layer: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """``(a, b)`` of layer ``layer``: ``b`` the coordinates ``i`` with ``i + layer`` odd (all for ``K = 1``)."""
+    """``(a, b)`` of a layer: ``b`` the coordinates ``i`` with ``i + layer`` odd (all for ``K = 1``)."""
     if latent_dim == 1:
         return (), (0,)
     b = tuple(i for i in range(latent_dim) if (i + layer) % 2 == 1)
@@ -223,7 +223,7 @@ class FlowEncoder(eqx.Module):
         return z, log_q - jnp.sum(log_std, axis=0)[:, None]
 
     def log_prob_columns(self, x: jax.Array, z: jax.Array) -> jax.Array:
-        """``log q(z_{:, i, s} | x_{:, i})`` for ``x`` ``(D, n)`` and any ``z`` ``(K, n, S)``; shape ``(n, S)``.
+        """``log q(z_{:, i, s} | x_{:, i})`` for ``x`` (``(D, n)``) and any ``z`` (``(K, n, S)``): ``(n, S)``.
 
         Inverts the flow: ``u_L = (z - mu) / sigma``, then each layer's inverse from the last to the first.
         """
