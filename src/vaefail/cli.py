@@ -235,7 +235,7 @@ def evaluate_cmd(
 @friendly
 def reproduce_cmd(
     experiment: Annotated[str, typer.Argument(
-        help="table1, px, latent, sigma, sweep, semisupervised or all.")] = "all",
+        help="table1, px, latent, sigma, sweep, semisupervised, flexible or all.")] = "all",
     preset: Annotated[str, typer.Option(help="quick (minutes) or paper (the paper's protocol).")] = "quick",
     out: Annotated[Path, typer.Option(help="Results folder (a resumable store).")] = Path("results"),
     executor: Annotated[str, typer.Option(help="local or ray.")] = "local",
