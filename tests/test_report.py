@@ -94,7 +94,7 @@ def test_expected_files_exist(smoke):
     kinds = ("data", "curves", "posteriors")
     expected += [f"px_{b}_{kind}" for b in ("figure8", "clusters") for kind in kinds]
     expected += [f"latent_quadratic_{kind}" for kind in kinds]
-    expected += ["semisupervised_semicircle_decoder_curves", "digits_accuracy"]
+    expected += ["semisupervised_semicircle_decoder_curves", "digits_accuracy", "flexible_linear_curves"]
     for stem in expected:
         png = root / "figures" / f"{stem}.png"
         assert png.is_file(), stem
