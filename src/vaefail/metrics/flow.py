@@ -95,7 +95,7 @@ def _sample_z(model: Any, x: jax.Array, keys: jax.Array, samples: int) -> jax.Ar
 
 def flow_mutual_information(
     model: Any, x: np.ndarray, key: jax.Array, *, samples_per_point: int = 4, confidence: float = 0.95,
-    active_threshold: float = 0.01,
+    active_threshold: float = 0.01, max_points_coupled: int = 500,
 ) -> dict[str, Any]:
     """``I(x; z)`` under a flow encoder, in the JSON form of
     :meth:`vaefail.metrics.information.MutualInformation.to_dict`.
@@ -106,8 +106,14 @@ def flow_mutual_information(
     ``q(z_i | x)``, which a coupling flow does not give in closed form: for ``K = 1`` the dimension is the
     whole code (``per_dim`` = ``total``); for ``K >= 2`` ``per_dim`` is empty and ``average`` is ``None``.
     Activity is ``Var_x(E_q[z_i | x])`` with the means by Monte Carlo (:func:`posterior_mean`).
+
+    For ``K >= 2`` the coupling layers' conditioners run once per (code, component) pair, ``O(n^2 S)`` MLP
+    evaluations, so only the first ``max_points_coupled`` points are used (the estimate's cap is then
+    ``log max_points_coupled``; ``mixture_size`` says how many were used).
     """
     xs = check_x(x, model.x_dim)
+    if model.latent_dim > 1:
+        xs = xs[:max_points_coupled]
     n, s = xs.shape[0], samples_per_point
     k_z, k_mean = jax.random.split(key)
     keys = jax.random.split(k_z, n)
