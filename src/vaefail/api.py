@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from vaefail.benchmarks import Benchmark, get_benchmark
-from vaefail.config import FitConfig
+from vaefail.config import FitConfig, FlowConfig
+from vaefail.errors import unknown_name
+from vaefail.flowvae import FLOW
 from vaefail.mfg import MFG, require_unlabelled
 from vaefail.protocol import fit_family
 from vaefail.results import FitResult
@@ -42,7 +44,9 @@ def fit(
     progress
         Show Rich progress bars.
     **options
-        Any other :class:`FitConfig` field (``steps``, ``num_samples``, ``sigma_eps``, ...).
+        Any other :class:`FitConfig` field (``steps``, ``num_samples``, ``sigma_eps``, ...); with
+        ``encoder="flow"`` also the :class:`FlowConfig` fields (``flow_type``, ``flow_layers``,
+        ``flow_bins``, ``decoder_l2``) and the encoder is a normalising flow.
 
     Returns
     -------
@@ -56,7 +60,9 @@ def fit(
         bench, name = benchmark, benchmark.name
     else:
         bench, name = get_benchmark(benchmark, **options.get("benchmark_params", {})), benchmark
-    config = FitConfig(
+    encoder = options.pop("encoder", "gaussian")
+    config_type = encoder_config(encoder)
+    config = config_type(
         benchmark=name, objective=objective, latent_dim=latent_dim, restarts=restarts, seed=seed,
         **options,
     )
@@ -75,5 +81,17 @@ def fit_config(
     config: FitConfig, benchmark: Benchmark | None = None, *, truth: bool = False,
     progress: bool = False,
 ) -> FitResult:
-    """:func:`fit` from a :class:`FitConfig` (:func:`vaefail.protocol.fit_family` of the MFG family)."""
-    return fit_family(MFG, config, fit_benchmark(config, benchmark), truth=truth, progress=progress)
+    """:func:`fit` from a :class:`FitConfig` (:func:`vaefail.protocol.fit_family` of the MFG family), or from
+    a :class:`FlowConfig` (the flow family, :mod:`vaefail.flowvae`)."""
+    family = FLOW if isinstance(config, FlowConfig) else MFG
+    return fit_family(family, config, fit_benchmark(config, benchmark), truth=truth, progress=progress)
+
+
+ENCODERS = {"gaussian": FitConfig, "flow": FlowConfig}
+
+
+def encoder_config(encoder: str) -> type[FitConfig]:
+    """The config type of an encoder name: ``"gaussian"`` (the MFG family) or ``"flow"``."""
+    if encoder not in ENCODERS:
+        raise unknown_name("encoder", encoder, ENCODERS)
+    return ENCODERS[encoder]

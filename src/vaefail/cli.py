@@ -219,24 +219,40 @@ def fit_cmd(
     test_fraction: Annotated[float, typer.Option(help="With --data: share of rows for test.")] = 0.15,
     max_columns: Annotated[int, typer.Option(help="With --data: refuse more columns than this.")] = 1024,
     drop_constant: Annotated[bool, typer.Option(help="With --data: leave out constant columns.")] = False,
+    encoder: Annotated[str, typer.Option(help="gaussian (MFG) or flow (a normalising flow).")] = "gaussian",
+    flow_type: Annotated[str, typer.Option(help="spline or affine (with --encoder flow).")] = "spline",
+    flow_layers: Annotated[int, typer.Option(help="Coupling layers (with --encoder flow).")] = 2,
+    flow_bins: Annotated[int, typer.Option(help="Spline bins (with --encoder flow).")] = 8,
+    decoder_l2: Annotated[float, typer.Option(help="L2 penalty on the decoder (with --encoder flow).")] = 0.0,
 ) -> None:
     """Fit a VAE/IWAE with the paper's restart protocol and print the per-restart table."""
-    from vaefail.api import fit_benchmark, fit_config
-    from vaefail.config import FitConfig
+    from vaefail.api import encoder_config, fit_benchmark, fit_config
+    from vaefail.config import FlowConfig
     from vaefail.results import check_writable
 
+    config_type = encoder_config(encoder)
+    flow = {"flow_type": flow_type, "flow_layers": flow_layers, "flow_bins": flow_bins,
+            "decoder_l2": decoder_l2}
+    if config_type is not FlowConfig:
+        defaults = FlowConfig.__dataclass_fields__
+        changed = [name for name, value in flow.items() if value != defaults[name].default]
+        if changed:
+            raise DataError(f"--{changed[0].replace('_', '-')} needs --encoder flow")
+        flow = {}
     if data is not None:
+        if flow:
+            raise DataError("--data fits the Gaussian encoder only; --encoder flow is not available there")
         _fit_data_cmd(data, _data_options(columns, standardise, key, split_column, val_fraction,
                                           test_fraction, max_columns, drop_constant), out, quiet, overwrite,
                       objective=objective, latent_dim=latent_dim, restarts=restarts, steps=steps, seed=seed,
                       num_samples=num_samples, dreg=dreg, sigma_eps=sigma_eps, learn_sigma=learn_sigma,
                       batch_size=batch_size, learning_rate=learning_rate, converge=converge)
         return
-    config = FitConfig(
+    config = config_type(
         benchmark=benchmark, benchmark_params=_parse_params(param), objective=objective,
         latent_dim=latent_dim, restarts=restarts, steps=steps, seed=seed, num_samples=num_samples,
         dreg=dreg, sigma_eps=sigma_eps, learn_sigma=learn_sigma, batch_size=batch_size,
-        learning_rate=learning_rate, init_steps=init_steps, converge=converge,
+        learning_rate=learning_rate, init_steps=init_steps, converge=converge, **flow,
     )
     bench = fit_benchmark(config)
     if out is not None:
@@ -252,7 +268,10 @@ def print_result(result: Any) -> None:
     """Print a fit's per-restart table and its summary."""
     c = result.config
     bound = "ELBO" if c.objective == "vae" else f"IWAE_{c.num_samples}"
-    table = Table(title=f"{c.benchmark}, {c.objective}, K={c.latent_dim}: restarts ({bound}, nats/point)")
+    family = getattr(result.family, "name", "vae")
+    encoder = f", {c.flow_type} flow encoder ({c.flow_layers} layers)" if family == "flow" else ""
+    table = Table(
+        title=f"{c.benchmark}, {c.objective}{encoder}, K={c.latent_dim}: restarts ({bound}, nats/point)")
     for col in ("restart", "start", "status", "steps", "train", "val", "test", "test ELBO", "sigma_eps"):
         table.add_column(col, justify="right")
     for row in result.restarts.itertuples():
@@ -343,7 +362,7 @@ def evaluate_cmd(
 @friendly
 def reproduce_cmd(
     experiment: Annotated[str, typer.Argument(
-        help="table1, px, latent, sigma, sweep, semisupervised, downstream or all.")] = "all",
+        help="table1, px, latent, sigma, sweep, semisupervised, downstream, flexible or all.")] = "all",
     preset: Annotated[str, typer.Option(help="quick (minutes) or paper (the paper's protocol).")] = "quick",
     out: Annotated[Path, typer.Option(help="Results folder (a resumable store).")] = Path("results"),
     executor: Annotated[str, typer.Option(help="local or ray.")] = "local",

@@ -69,6 +69,10 @@ class SampleTerms(NamedTuple):
         ``log p_theta(x_i | z_is)``, shape ``(n, S)``.
     log_prior
         ``log p(z_is)`` (standard normal, summed over ``K``), shape ``(n, S)``.
+    flow_log_q
+        For an encoder that is not mean-field Gaussian (one with a ``sample_columns`` method, e.g.
+        :class:`vaefail.flows.FlowEncoder`): its exact ``log q(z_is | x_i)``, shape ``(n, S)``; then ``mu``
+        and ``log_std`` are its base Gaussian's. ``None`` for the Gaussian encoder.
     """
 
     mu: jax.Array
@@ -77,11 +81,15 @@ class SampleTerms(NamedTuple):
     z: jax.Array
     log_lik: jax.Array
     log_prior: jax.Array
+    flow_log_q: jax.Array | None = None
 
     @property
     def log_q(self) -> jax.Array:
         """``log q(z_is | x_i) = sum_k (-eps^2 / 2 - log sigma_k - log(2 pi) / 2)``, shape ``(n, S)``; with
-        ``z = mu + sigma eps`` this equals ``log N(z; mu, sigma^2)`` in value and in its total gradient."""
+        ``z = mu + sigma eps`` this equals ``log N(z; mu, sigma^2)`` in value and in its total gradient.
+        For a flow encoder, :attr:`flow_log_q`."""
+        if self.flow_log_q is not None:
+            return self.flow_log_q
         return jnp.sum(-0.5 * self.eps**2 - self.log_std[..., None] - 0.5 * LOG_2PI, axis=0)
 
     @property
@@ -91,7 +99,10 @@ class SampleTerms(NamedTuple):
 
     @property
     def kl(self) -> jax.Array:
-        """Analytic ``KL(q(z|x_i) || p(z))``, shape ``(n,)``."""
+        """``KL(q(z|x_i) || p(z))``, shape ``(n,)``: analytic for the Gaussian encoder; for a flow encoder the
+        Monte-Carlo estimate ``(1/S) sum_s [log q(z_is|x_i) - log p(z_is)]`` on the same samples."""
+        if self.flow_log_q is not None:
+            return jnp.mean(self.flow_log_q - self.log_prior, axis=1)
         return gaussian_kl_to_standard(self.mu.T, self.log_std.T)
 
 
@@ -100,22 +111,29 @@ def sample_terms(model: VAE, x: jax.Array, keys: jax.Array, num_samples: int) ->
 
     Point ``i`` draws its ``(K, S)`` standard normals from ``keys[i]`` (so a point's samples do not depend
     on which other points share the batch). All arrays keep the points x samples on their last axes,
-    ``(K, n, S)``: the decoder sees one sample per column (:meth:`VAE.log_likelihood_columns`).
+    ``(K, n, S)``: the decoder sees one sample per column (:meth:`VAE.log_likelihood_columns`). An encoder
+    with a ``sample_columns(x, eps) -> (z, log q)`` method (a flow) maps the same normals to its samples
+    and gives their exact ``log q`` (:attr:`SampleTerms.flow_log_q`).
     """
     mu, log_std = columns(model.encoder, x.T)
     eps = jax.vmap(lambda k: jax.random.normal(k, (mu.shape[0], num_samples), mu.dtype), out_axes=1)(keys)
     eps = materialise(eps)  # else XLA redoes the normals' transform in every consumer
-    z = mu[..., None] + jnp.exp(log_std)[..., None] * eps
+    flow_log_q = None
+    if hasattr(model.encoder, "sample_columns"):
+        z, flow_log_q = model.encoder.sample_columns(x.T, eps)
+    else:
+        z = mu[..., None] + jnp.exp(log_std)[..., None] * eps
     log_lik = model.log_likelihood_columns(x.T[..., None], z)
     log_prior = jnp.sum(-0.5 * z**2 - 0.5 * LOG_2PI, axis=0)
-    return SampleTerms(mu, log_std, eps, z, log_lik, log_prior)
+    return SampleTerms(mu, log_std, eps, z, log_lik, log_prior, flow_log_q)
 
 
 def elbo(model: VAE, x: jax.Array, key: jax.Array, num_samples: int = 1) -> BoundRecord:
-    """The ELBO of each point, with an analytic KL.
+    """The ELBO of each point, with an analytic KL (Monte-Carlo for a flow encoder, :attr:`SampleTerms.kl`).
 
     ``ELBO(x) = (1/S) sum_s log p_theta(x | z_s) - KL(q(z|x) || p(z))``, ``z_s ~ q(z|x)``
-    reparameterised, ``S = num_samples``.
+    reparameterised, ``S = num_samples``; with the Monte-Carlo KL this is
+    ``(1/S) sum_s [log p_theta(x|z_s) + log p(z_s) - log q(z_s|x)]``.
 
     Parameters
     ----------

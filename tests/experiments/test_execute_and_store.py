@@ -54,7 +54,7 @@ def test_only_selects_part_of_a_grid():
     assert select(paper, {}) == paper
     # strict: experiments whose configurations lack a label are left out
     chosen = select(load_experiments("all", "quick"), parse_only(["latent_dim=1", "objective=vae"]))
-    assert {e.name for e in chosen} == {"table1", "px", "latent", "sigma", "sweep", "downstream"}
+    assert {e.name for e in chosen} == {"table1", "px", "latent", "sigma", "sweep", "downstream", "flexible"}
     labels = [t.labels for e in chosen for t in e.tasks]
     assert all(la["latent_dim"] == 1 and la["objective"] == "vae" for la in labels)
     with pytest.raises(UnknownNameError, match="unknown label .* 'sigma'.*Did you mean 'sigma_mode'"):

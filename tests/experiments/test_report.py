@@ -97,6 +97,7 @@ def test_expected_files_exist(smoke):
     expected += ["semisupervised_semicircle_decoder_curves", "digits_accuracy"]
     expected += [f"downstream_{task}" for task in ("compression", "recovery", "signal_noise", "robustness",
                                                     "generation", "outliers", "ambiguity")]
+    expected += ["flexible_linear_curves"]
     for stem in expected:
         png = root / "figures" / f"{stem}.png"
         assert png.is_file(), stem

@@ -574,12 +574,73 @@ def downstream_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
             for claim in out[start:]:
                 claim["note"] = ("linear is the control (exactly Gaussian posterior): the paper predicts no "
                                  "failure here, so a reproduced verdict is an effect it does not predict.")
+
+
+def _within(a: pd.Series, b: pd.Series, col: str, tol: float) -> tuple[bool, float, float]:
+    """Do ``a[col]`` and ``b[col]`` agree: ``|a - b|`` below two standard errors, or below ``tol`` nats when
+    there is no noise estimate (a single repetition)?"""
+    diff = float(a[col] - b[col])
+    margin = 2.0 * math.hypot(_se(a, col), _se(b, col))
+    return bool(abs(diff) <= (margin if margin > 0 else tol)), diff, margin
+
+
+#: Benchmarks whose true posterior is far from Gaussian (conditions Cx1 and Cx2 hold), and the one where it
+#: is exactly Gaussian (Cx1 fails).
+FLEXIBLE_NON_GAUSSIAN = ("figure8", "clusters")
+FLEXIBLE_GAUSSIAN = ("linear",)
+#: Agreement tolerance (nats) of the linear benchmark's families with a single repetition.
+AGREE_TOL = 0.02
+
+
+def flexible_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
+    """The paper's guideline on flexible posteriors, checked per benchmark at K = 1 (ELBO-trained models):
+    where Cx1 and Cx2 hold, the flow's MLEO is below the MFG-VAE's beyond noise; where Cx1 fails (linear),
+    the two agree within noise; and whether the flow's bound still prefers K > 1 (when K = 2 was run)."""
+    out = []
+    for bench in sorted(t.benchmark.unique()):
+        vae = _row(t, benchmark=bench, objective="vae", encoder="gaussian", latent_dim=1)
+        flow = _row(t, benchmark=bench, objective="vae", encoder="flow", latent_dim=1)
+        if vae is None or flow is None:
+            continue
+        if bench in FLEXIBLE_NON_GAUSSIAN:
+            ok, diff, margin = _less(flow, vae, "mleo")
+            out.append(_claim(
+                f"flexible.{bench}.flow_fits_px_better",
+                f"{bench}: the true posterior is far from Gaussian (Cx1, Cx2), so a flexible posterior fixes "
+                "part of the failure: the flow-encoder VAE fits p(x) better than the MFG-VAE (smaller MLEO).",
+                ok, f"MLEO(flow) - MLEO(MFG-VAE) = {diff:+.3f} nats, {_needs(margin)}",
+                {"vae_mleo": float(vae.mleo), "flow_mleo": float(flow.mleo), "vae_pmo": float(vae.pmo),
+                 "flow_pmo": float(flow.pmo)},
+                note="" if ok else "Short quick-preset runs (2 restarts, 3,000 steps) may not separate the "
+                "families; the paper preset trains 10 restarts to convergence over 3 repeats.",
+            ))
+        elif bench in FLEXIBLE_GAUSSIAN:
+            ok, diff, margin = _within(flow, vae, "test_neg_ll", AGREE_TOL)
+            out.append(_claim(
+                f"flexible.{bench}.families_agree",
+                f"{bench}: the true posterior is Gaussian (Cx1 fails), so flexibility changes nothing: the "
+                "flow-encoder VAE and the MFG-VAE reach the same held-out log-likelihood.",
+                ok, f"-log p(flow) - (-log p(MFG-VAE)) = {diff:+.3f} nats, needs |.| <= "
+                + (f"{margin:.3f} (two standard errors)" if margin > 0 else
+                   f"{AGREE_TOL} (a single repetition: no noise estimate)"),
+                {"vae_neg_ll": float(vae.test_neg_ll), "flow_neg_ll": float(flow.test_neg_ll)},
+            ))
+        flow2 = _row(t, benchmark=bench, objective="vae", encoder="flow", latent_dim=2)
+        if flow2 is not None:
+            ok, diff, margin = _less(flow2, flow, "test_neg_elbo")
+            out.append(_claim(
+                f"flexible.{bench}.flow_bound_prefers_k2",
+                f"{bench}: even with the flow encoder the ELBO prefers K = 2 over the true K = 1.",
+                ok, f"-ELBO(K=2) - (-ELBO(K=1)) = {diff:+.3f} nats, {_needs(margin)}",
+                {"k1_neg_elbo": float(flow.test_neg_elbo), "k2_neg_elbo": float(flow2.test_neg_elbo)},
+            ))
     return out
 
 
 CLAIMS = {"table1": table1_claims, "px": px_claims, "latent": latent_claims, "sigma": sigma_claims,
           "sweep": sweep_claims, "semisupervised": semisupervised_claims, "digits": digits_claims,
-          "downstream": downstream_claims}
+          "downstream": downstream_claims,
+          "flexible": flexible_claims}
 
 
 def evaluate_claims(tables: dict[str, pd.DataFrame]) -> list[dict[str, Any]]:

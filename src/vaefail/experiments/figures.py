@@ -770,6 +770,20 @@ def _benchmark_panels(sub: pd.DataFrame, runs: _Runs) -> tuple[list[Panel], Any]
     return panels, first
 
 
+def _family_panels(sub: pd.DataFrame, runs: _Runs) -> tuple[list[Panel], Any]:
+    """One panel per (objective, encoder) of the K = 1 rows (repeat 0), and the first panel's result."""
+    if "latent_dim" in sub:
+        sub = sub[sub.latent_dim == 1]
+    panels, first = [], None
+    for _, row in sub.iterrows():
+        result = runs.result(_first_key(row))
+        first = first or result
+        encoder = str(row.get("encoder", "gaussian"))
+        label = str(row.objective).upper() + (" + flow" if encoder == "flow" else "")
+        panels.append(Panel(label, str(row.objective), result.model))
+    return panels, first
+
+
 def _m2_panels(sub: pd.DataFrame, runs: _Runs) -> tuple[list[tuple[str, M2]], Any]:
     """One panel per (objective, encoder) row (its repeat 0), labelled with that run's collapse score."""
     panels, first = [], None
@@ -850,6 +864,23 @@ def make_figures(store: Any, tables: dict[str, pd.DataFrame], out_dir: str | os.
                  "points, mean over repeats. The black tick is -ELBO*, the bound without amortisation: the "
                  "comparison that says which decoder the ELBO's optimum prefers.",
                  lambda t=table: elbo_parts_figure(t))
+    table = tables.get("flexible")
+    if table is not None and not table.empty:
+        for bench_name, sub in _benchmark_groups(table):
+            try:
+                panels, result = _family_panels(sub, runs)
+            except Exception as err:  # noqa: BLE001
+                errors.append(f"flexible_{bench_name}: cannot load models: {type(err).__name__}: {err}")
+                continue
+            if result is None:
+                continue
+            test = result.splits().test
+            emit("flexible", f"flexible_{bench_name}_curves", f"{bench_name}: decoder curves per family",
+                 "The true decoder f_gt(z) and the f_theta(z) of each family (MFG-VAE, IWAE, and both with a "
+                 "normalising-flow encoder), K = 1, repeat 0, for z in [-3, 3], coloured by z. For flow "
+                 "encoders the data are placed at the flow's base mean, not at E_q[z|x].",
+                 lambda b=result.benchmark, t=test, p=panels: curves_figure(b, t.x, t.z, p,
+                                                                            posterior_points(b)))
 
     table = tables.get("table1")
     if table is not None and not table.empty:

@@ -4,10 +4,13 @@ Each grid file has a ``description``, a ``[grid]`` table whose lists are crossed
 optional ``[fixed]`` table of :class:`~vaefail.config.FitConfig` fields shared by every configuration, an
 ``[eval]`` table of evaluation settings, and ``[presets.<name>]`` tables (``restarts``, ``steps``,
 ``repeats`` and any other FitConfig field). A grid axis may also list ``benchmark_params`` tables
-(TOML inline tables) to sweep a benchmark's parameters. Two grid keys are not FitConfig fields:
+(TOML inline tables) to sweep a benchmark's parameters. Three grid keys are not FitConfig fields:
 
 - ``sigma_mode``: ``"fixed"`` (sigma_eps at the benchmark's truth) or ``"learned"`` (trained from there);
-- ``sigma_factor``: sigma_eps fixed at this multiple of the benchmark's true value.
+- ``sigma_factor``: sigma_eps fixed at this multiple of the benchmark's true value;
+- ``encoder`` (optional): ``"gaussian"`` (a :class:`~vaefail.config.FitConfig`, the MFG family) or
+  ``"flow"`` (a :class:`~vaefail.config.FlowConfig`, the flow family); the config keeps the key, and the
+  :class:`~vaefail.config.FlowConfig` fields in ``[fixed]`` are dropped from Gaussian rows.
 
 Repetition ``r`` of a configuration uses ``seed = data_seed = r``: independent data and initialisation.
 Tasks are listed repetition-major (every configuration's first repetition, then every second one, ...).
@@ -32,6 +35,7 @@ quick one, fewer evaluation samples in the smoke preset).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import tomllib
 from collections.abc import Collection, Iterable, Mapping
@@ -39,15 +43,17 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
+from vaefail.api import encoder_config
 from vaefail.benchmarks import get_benchmark
-from vaefail.config import FitConfig
+from vaefail.config import FitConfig, FlowConfig
 from vaefail.errors import ConfigError, unknown_name
 from vaefail.semisupervised.config import SemiSupervisedConfig
 from vaefail.semisupervised.digits import DigitsConfig
 
-EXPERIMENTS = ("table1", "px", "latent", "sigma", "sweep", "semisupervised", "downstream")
+EXPERIMENTS = ("table1", "px", "latent", "sigma", "sweep", "semisupervised", "downstream", "flexible")
 PRESETS = ("quick", "paper", "smoke")
-LABEL_KEYS = ("benchmark", "benchmark_params", "objective", "latent_dim", "sigma_mode", "sigma_factor")
+LABEL_KEYS = ("benchmark", "benchmark_params", "objective", "encoder", "latent_dim", "sigma_mode",
+              "sigma_factor")
 #: Kinds of configuration and the config keys that label their table rows.
 KIND_LABEL_KEYS: dict[str, tuple[str, ...]] = {
     "fit": LABEL_KEYS,
@@ -167,7 +173,15 @@ def _config(kind: str, fit: dict[str, Any], rep: int) -> dict[str, Any]:
     fit = {**fit, "seed": rep, "data_seed": rep}
     if kind == "semisupervised":
         return SemiSupervisedConfig.from_dict(fit).to_dict()
-    return FitConfig.from_dict(_resolve_sigma(fit)).to_dict()  # validates every field
+    encoder = fit.pop("encoder", None)  # "gaussian" or "flow": which family fits it (tasks.run_fit_task)
+    if encoder is None:
+        return FitConfig.from_dict(_resolve_sigma(fit)).to_dict()  # validates every field
+    config_type = encoder_config(encoder)
+    own = {f.name for f in dataclasses.fields(config_type)}
+    flow_only = {f.name for f in dataclasses.fields(FlowConfig)} - {f.name for f in
+                                                                    dataclasses.fields(FitConfig)}
+    fit = {k: v for k, v in fit.items() if k in own or k not in flow_only}  # a Gaussian row: no flow keys
+    return {**config_type.from_dict(_resolve_sigma(fit)).to_dict(), "encoder": encoder}
 
 
 def load_experiments(name: str, preset: str = "quick", repeats: int | None = None) -> list[Experiment]:

@@ -19,9 +19,8 @@ from typing import Any
 
 import jax
 
-from vaefail.api import fit_config
+from vaefail.api import encoder_config, fit_config
 from vaefail.benchmarks import get_benchmark
-from vaefail.config import FitConfig
 from vaefail.errors import unknown_name
 from vaefail.experiments.provenance import provenance
 from vaefail.metrics.evaluate import BOUND_POINTS, evaluate_run
@@ -47,13 +46,15 @@ def run_task(spec: dict[str, Any]) -> dict[str, bytes]:
 
 
 def run_fit_task(spec: dict[str, Any]) -> dict[str, bytes]:
-    """Fit ``spec["fit"]`` (a :class:`~vaefail.config.FitConfig`) and evaluate it with ``spec["eval"]``.
+    """Fit ``spec["fit"]`` (a :class:`~vaefail.config.FitConfig`, or with ``"encoder": "flow"`` a
+    :class:`~vaefail.config.FlowConfig`) and evaluate it with ``spec["eval"]``.
 
     The ground-truth model (true decoder, its best encoder) is fitted too when ``eval.truth`` is set and
     the comparison is the paper's: the VAE objective, the model's K equal to the truth's and sigma_eps the
     true, fixed one.
     """
-    config = FitConfig.from_dict(spec["fit"])
+    fit = dict(spec["fit"])
+    config = encoder_config(fit.pop("encoder", "gaussian")).from_dict(fit)
     settings = spec.get("eval", {})
     bench = get_benchmark(config.benchmark, **config.benchmark_params)
     truth = bool(settings.get("truth", False)) and config.objective == "vae" and (
