@@ -145,6 +145,17 @@ ROWS: list[tuple[str, list[str], str]] = [
     ("reproduce-downstream-typo", ["reproduce", "downstrem"], "Did you mean 'downstream'"),
     ("reproduce-downstream-only", ["reproduce", "downstream", "--only", "latent_dim=9"],
      "latent_dim takes 1, 2, 3"),
+    # ---- fit --encoder flow
+    ("fit-encoder-unknown", ["fit", "--encoder", "maf"], "unknown encoder 'maf'"),
+    ("fit-flow-type-unknown", ["fit", "--encoder", "flow", "--flow-type", "maf"], "unknown flow type 'maf'"),
+    ("fit-flow-layers-zero", ["fit", "--encoder", "flow", "--flow-layers", "0"], "flow_layers must be >= 1"),
+    ("fit-flow-bins-one", ["fit", "--encoder", "flow", "--flow-bins", "1"], "flow_bins must be >= 2"),
+    ("fit-flow-k-zero", ["fit", "--encoder", "flow", "-k", "0"], "latent dimension K must be >= 1"),
+    ("fit-flow-l2-negative", ["fit", "--encoder", "flow", "--decoder-l2", "-1"], "decoder_l2 must be >= 0"),
+    ("fit-flow-l2-nan", ["fit", "--encoder", "flow", "--decoder-l2", "nan"], "decoder_l2 must be >= 0"),
+    ("fit-flow-dreg", ["fit", "--encoder", "flow", "--objective", "iwae", "--dreg"],
+     "--dreg is not available"),
+    ("fit-flow-option-without-flow", ["fit", "--flow-layers", "3"], "--flow-layers needs --encoder flow"),
     # ---- fit --data (your own data)
     ("fit-data-missing-file", ["fit", "--data", "{new}/none.csv", "--sigma-eps", "1"], "does not exist"),
     ("fit-data-a-folder", ["fit", "--data", "{dir}", "--sigma-eps", "1"], "is not a file"),
