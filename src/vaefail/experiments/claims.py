@@ -574,6 +574,7 @@ def downstream_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
             for claim in out[start:]:
                 claim["note"] = ("linear is the control (exactly Gaussian posterior): the paper predicts no "
                                  "failure here, so a reproduced verdict is an effect it does not predict.")
+    return out
 
 
 def _within(a: pd.Series, b: pd.Series, col: str, tol: float) -> tuple[bool, float, float]:
