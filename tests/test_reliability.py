@@ -160,7 +160,7 @@ def test_two_concurrent_reproduce_processes_on_one_store(tmp_path, local_table):
     once and complete, and the tables equal a single local run's."""
     out = tmp_path / "shared"
     cmd = [sys.executable, "-m", "vaefail.cli", "reproduce", "table1", "--preset", "smoke", "--repeats", "1",
-           "--workers", "1", "--quiet", "--out", str(out), *TWO_ARGS]
+           "--workers", "2", "--quiet", "--out", str(out), *TWO_ARGS]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     results = [p.communicate(timeout=600) for p in procs]
