@@ -279,8 +279,10 @@ def _run_ray(todo: list[Job], run: Callable, address: str | None, workers: int):
         # warning about forking a process that runs JAX (a deadlock risk for a child that goes on running
         # Python) does not apply.
         warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning)
-        if address is None:  # a private local instance, on the loopback interface only
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, runtime_env=env,
+        if address is None:
+            # A private local instance on the loopback interface only; "local" starts one even when another
+            # cluster's address is recorded in /tmp/ray/ray_current_cluster or RAY_ADDRESS.
+            ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False, runtime_env=env,
                      _node_ip_address="127.0.0.1")
         else:
             _check_reachable(address)
