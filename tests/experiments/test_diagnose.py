@@ -234,3 +234,30 @@ def test_a_changed_selection_counts_only_beyond_noise(data):
 
     assert flex(0.005)["verdict"] == "ok"  # IWAE prefers K = 2 by 0.005 nats: not beyond noise
     assert flex(0.1)["verdict"] == "failure suspected"
+
+
+def test_an_undertrained_vae_is_continued_on_the_elbo_before_a_verdict(data):
+    """The IWAE's model has the higher ELBO with a refitted encoder (the VAE's restarts fell short of it).
+    Continued on the ELBO from there: held-out log p kept -> ok (no failure, advice to raise the budget);
+    lost beyond noise -> failure suspected (the ELBO moves away from the better p(x))."""
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=1000)
+    settings = dg.DiagnoseSettings(latent_dims=(1,), sigmas=(0.1,))
+    ref = _fit("vae", 1, 0.1, base, base - 0.1)
+    better = _fit("iwae", 1, 0.1, base + 0.2 + 0.1 * rng.normal(size=1000), base - 1.0)
+
+    def flex(kept):
+        report = dg.analyse(
+            [ref, better], settings, data, lambda fit: base + 0.1, lambda fit: (base + 0.1, fit.log_p - kept)
+        )
+        return report, next(c for c in report["checks"] if c["id"] == "flexibility")
+
+    report, ok = flex(0.0)
+    assert ok["verdict"] == "ok" and report["overall"] == "no failure found"
+    assert ok["numbers"]["iwae"]["undertrained"] is True
+    assert ok["numbers"]["iwae"]["continued_log_p_loss"] == pytest.approx(0.0)
+    assert "fell short" in ok["meaning"] and "raise --steps" in ok["meaning"]
+    report, lost = flex(0.15)
+    assert lost["verdict"] == "failure suspected" and report["overall"] == "failure suspected"
+    assert lost["numbers"]["iwae"]["continued_log_p_loss"] == pytest.approx(0.15)
+    assert "the ELBO moves away from the better p(x)" in lost["meaning"]
