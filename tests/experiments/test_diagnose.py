@@ -261,3 +261,28 @@ def test_an_undertrained_vae_is_continued_on_the_elbo_before_a_verdict(data):
     assert lost["verdict"] == "failure suspected" and report["overall"] == "failure suspected"
     assert lost["numbers"]["iwae"]["continued_log_p_loss"] == pytest.approx(0.15)
     assert "the ELBO moves away from the better p(x)" in lost["meaning"]
+
+
+@pytest.mark.slow
+def test_diagnose_on_ray_gives_the_local_numbers(tmp_path):
+    """`--executor ray` (a private local instance, address="local"): the same fits, numbers and verdicts as
+    the local worker processes."""
+    pytest.importorskip("ray")
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=400)
+    path = tmp_path / "lin.csv"
+    pd.DataFrame({"a": 2 * z + 0.2 * rng.normal(size=400), "b": -z + 0.2 * rng.normal(size=400)}).to_csv(
+        path, index=False
+    )
+    settings = dg.DiagnoseSettings(
+        latent_dims=(1,), sigmas=(0.3,), restarts=1, steps=200, batch_size=64, ll_samples=25, max_points=60
+    )
+    spec = data_spec(path)
+    local = dg.diagnose(spec, settings, tmp_path / "local", progress=False)
+    ray = dg.diagnose(spec, settings, tmp_path / "ray", executor="ray", progress=False)
+    assert ray.computed == local.computed == 2
+    for a, b in zip(local.report["grid"], ray.report["grid"], strict=True):
+        assert a == b
+    assert local.report["checks"] == ray.report["checks"]
+    again = dg.diagnose(spec, settings, tmp_path / "ray", executor="ray", progress=False)
+    assert again.computed == 0  # resumable like reproduce

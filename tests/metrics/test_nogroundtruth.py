@@ -20,8 +20,9 @@ SIGMA = 0.5
 def _linear(k: int):
     """x = W[:, :k] z + b + eps: a Gaussian posterior with precision L = I + W_k^T W_k / sigma^2."""
     w = jnp.asarray(W[:, :k], jnp.float32)
+    b = jnp.asarray(B, jnp.float32)
     return make_vae(2, k, SIGMA, key=jax.random.PRNGKey(0),
-                    decoder=TrueDecoder(f_gt=lambda z: w @ z + jnp.asarray(B, jnp.float32), true_latent_dim=k))
+                    decoder=TrueDecoder(f_gt=lambda z: w @ z + b, true_latent_dim=k))
 
 
 def test_k2_gap_of_a_linear_model_is_the_mean_field_closed_form():

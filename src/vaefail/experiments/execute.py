@@ -282,8 +282,8 @@ def _run_ray(todo: list[Job], run: Callable, address: str | None, workers: int):
         if address is None:
             # A private local instance on the loopback interface only; "local" starts one even when another
             # cluster's address is recorded in /tmp/ray/ray_current_cluster or RAY_ADDRESS.
-            ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False, runtime_env=env,
-                     _node_ip_address="127.0.0.1")
+            ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                     runtime_env=env, _node_ip_address="127.0.0.1")
         else:
             _check_reachable(address)
             try:
