@@ -92,6 +92,15 @@ def test_flexibility_counts_only_differences_beyond_noise(data):
     assert report["overall"] == "no failure found"
 
 
+def test_fits_that_ran_all_their_steps_are_counted(data):
+    settings = dg.DiagnoseSettings(latent_dims=(1,), sigmas=(0.1, 0.2), families=("vae",), steps=1000)
+    base = np.arange(10) * 0.01
+    fits = [_fit("vae", 1, 0.1, base, base), _fit("vae", 1, 0.2, base, base)]
+    fits[0].steps, fits[1].steps = 1000, 500
+    conv = dg.analyse(fits, settings, data)["convergence"]
+    assert conv["at_step_cap"] == 1 and conv["fits"] == 2 and "1 of 2 fits ran all 1000 steps" in conv["note"]
+
+
 def test_posterior_shape_thresholds(data):
     settings = dg.DiagnoseSettings(latent_dims=(1,), sigmas=(0.1,), families=("vae",))
     base = np.zeros(10) + np.arange(10) * 0.01
@@ -254,6 +263,7 @@ def test_an_undertrained_vae_is_continued_on_the_elbo_before_a_verdict(data):
 
     report, ok = flex(0.0)
     assert ok["verdict"] == "ok" and report["overall"] == "no failure found"
+    assert report["convergence"]["at_step_cap"] == 0  # the constructed fits record no steps
     assert ok["numbers"]["iwae"]["undertrained"] is True
     assert ok["numbers"]["iwae"]["continued_log_p_loss"] == pytest.approx(0.0)
     assert "fell short" in ok["meaning"] and "raise --steps" in ok["meaning"]

@@ -236,6 +236,7 @@ class Fit:
     log_p: np.ndarray
     elbo: np.ndarray
     metrics: dict[str, Any]
+    steps: int | None = None  # training steps the protocol ran (``None``: unknown)
 
     @property
     def ll(self) -> float:
@@ -393,14 +394,26 @@ def analyse(
             "khat_share_above": (f.metrics["posterior"]["khat"] or {}).get("share_above"),
             "active_units": (f.metrics.get("mutual_information") or {}).get("active_units"),
             "mi_per_dim": [d["mean"] for d in _mi(f)],
+            "steps": f.steps,
             "key": f.key,
         }
         for f in fits
     ]
+    capped = sum(f.steps is not None and f.steps >= settings.steps for f in fits)
     return {
         "format": "vaefail-diagnosis/1",
         "overall": overall,
         "checks": checks,
+        "convergence": {
+            "fits": len(fits),
+            "at_step_cap": int(capped),
+            "note": (
+                f"{capped} of {len(fits)} fits ran all {settings.steps} steps without meeting the "
+                "stopping rule (validation bound no longer improving); more --steps may change their numbers"
+                if capped
+                else "every fit met the stopping rule before the step cap"
+            ),
+        },
         "grid": grid,
         "data": {
             "path": data.spec.path,
@@ -642,6 +655,7 @@ def collect(store: ResultsStore, job_list: Sequence[tuple[str, dict[str, Any]]])
                 log_p=np.asarray(m["per_point"]["log_p"]),
                 elbo=np.asarray(m["per_point"]["elbo"]),
                 metrics=m,
+                steps=rec.get("summary", {}).get("steps"),
             )
         )
     return fits
@@ -961,6 +975,8 @@ def render_html(report: dict[str, Any], figs: Sequence[tuple[str, str]]) -> str:
             f"{e(c['verdict'])}</span></h3><p>{e(c['meaning'])}</p><p><i>Guideline:</i> "
             f"{e(c['guideline'])}</p><table>{nums}</table>"
         )
+    if "convergence" in report:
+        parts.append(f"<p><i>Convergence:</i> {e(report['convergence']['note'])}.</p>")
     parts.append("<h2>Figures</h2>")
     for caption, png in figs:
         parts.append(
