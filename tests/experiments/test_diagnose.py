@@ -151,11 +151,12 @@ def test_diagnose_suspects_the_px_failure(tmp_path, benchmark):
 def test_diagnose_reports_no_failure_on_linear(tmp_path):
     path, cols = _samples(tmp_path, "linear")
     _, report, checks, _ = _diagnose(tmp_path, path, "--columns", cols, *SMALL)
-    # no check suspects a failure; at this small budget the flexibility check may warn that the VAE's
-    # training fell short of the IWAE's model (an optimisation shortfall, not the ELBO's preference)
+    # at this small budget the MFG-VAE's restarts fall short of the IWAE's model; the flexibility check's
+    # controls (refit the encoder, then train on from that model on the ELBO) tell that from the ELBO's
+    # preference, so no check warns or suspects a failure
     verdicts = {c: checks[c]["verdict"] for c in checks}
-    assert "failure suspected" not in verdicts.values(), json.dumps(report["checks"], indent=1)
-    assert report["overall"] in ("no failure found", "warning")
+    assert report["overall"] == "no failure found", json.dumps(report["checks"], indent=1)
+    assert set(verdicts.values()) <= {"ok", "not checked"}
 
 
 @pytest.mark.slow
