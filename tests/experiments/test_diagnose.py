@@ -297,3 +297,19 @@ def test_diagnose_on_ray_gives_the_local_numbers(tmp_path):
     assert local.report["checks"] == ray.report["checks"]
     again = dg.diagnose(spec, settings, tmp_path / "ray", executor="ray", progress=False)
     assert again.computed == 0  # resumable like reproduce
+
+
+def test_posterior_shape_uses_the_k2_gap_and_names_the_amortisation_gap(data):
+    settings = dg.DiagnoseSettings(latent_dims=(2,), sigmas=(0.1,), families=("vae",))
+    base = np.arange(10) * 0.01
+    fit = _fit("vae", 2, 0.1, base, base, khat=0.15)
+    asked = []
+
+    def gap(f):
+        asked.append(f.key)
+        return {"share_above": 0.02, "threshold": 0.1}
+
+    shape = next(c for c in dg.analyse([fit], settings, data, gap=gap)["checks"] if c["id"] == "posterior_shape")
+    assert asked == [fit.key] and shape["numbers"]["gaussian_gap_share_above"] == 0.02
+    assert shape["verdict"] == "warning"  # the larger share (k-hat's 15%) decides
+    assert "amortisation gap" in shape["meaning"]

@@ -600,6 +600,12 @@ def _posterior_shape(best: Fit, gap_of: Gap | None = None) -> dict[str, Any]:
             if verdict != "ok"
             else "The Gaussian encoder matches the model's posteriors well."
         )
+        + (
+            " The closest Gaussian is near the posterior at most points, though, so much of the k-hat share "
+            "is the amortised encoder's shortfall (the amortisation gap) rather than the posterior's shape."
+            if gap is not None and gap["share_above"] < SHAPE_WARNING <= (kh.get("share_above") or 0.0)
+            else ""
+        )
     )
     guideline = (
         "A non-Gaussian posterior is the condition under which the ELBO's bias changes the learned "
