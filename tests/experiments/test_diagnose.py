@@ -309,7 +309,8 @@ def test_posterior_shape_uses_the_k2_gap_and_names_the_amortisation_gap(data):
         asked.append(f.key)
         return {"share_above": 0.02, "threshold": 0.1}
 
-    shape = next(c for c in dg.analyse([fit], settings, data, gap=gap)["checks"] if c["id"] == "posterior_shape")
+    checks = dg.analyse([fit], settings, data, gap=gap)["checks"]
+    shape = next(c for c in checks if c["id"] == "posterior_shape")
     assert asked == [fit.key] and shape["numbers"]["gaussian_gap_share_above"] == 0.02
     assert shape["verdict"] == "warning"  # the larger share (k-hat's 15%) decides
     assert "amortisation gap" in shape["meaning"]
