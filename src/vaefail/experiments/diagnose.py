@@ -591,21 +591,24 @@ def _posterior_shape(best: Fit, gap_of: Gap | None = None) -> dict[str, Any]:
         if gap is not None
         else f" (the optimal-Gaussian gap needs quadrature over z, K <= 2; K = {best.latent_dim} here)"
     )
+    amortisation = gap is not None and gap["share_above"] < SHAPE_WARNING <= (kh.get("share_above") or 0.0)
+    if amortisation:
+        explain = (
+            "Many points have heavy-tailed importance weights (k-hat > 0.7), but the closest Gaussian is near "
+            "the model's posterior at most of them: the amortised encoder falls short there (the "
+            "amortisation gap), not the posterior's shape."
+        )
+    elif verdict != "ok":
+        explain = (
+            "Many points have posteriors a Gaussian cannot match (the paper's condition Cx1 on the model): "
+            "the ELBO pays for them, so it pushes the model towards simpler posteriors."
+        )
+    else:
+        explain = "The Gaussian encoder matches the model's posteriors well."
     meaning = (
         f"At the selected MFG-VAE (K = {best.latent_dim}, sigma_eps = {best.sigma:g}), "
         f"{kh.get('share_above', float('nan')):.0%} of test points have Pareto k-hat > 0.7{gap_text}. "
-        + (
-            "Many points have posteriors a Gaussian cannot match (the paper's condition Cx1 on the model): "
-            "the ELBO pays for them, so it pushes the model towards simpler posteriors."
-            if verdict != "ok"
-            else "The Gaussian encoder matches the model's posteriors well."
-        )
-        + (
-            " The closest Gaussian is near the posterior at most points, though, so much of the k-hat share "
-            "is the amortised encoder's shortfall (the amortisation gap) rather than the posterior's shape."
-            if gap is not None and gap["share_above"] < SHAPE_WARNING <= (kh.get("share_above") or 0.0)
-            else ""
-        )
+        + explain
     )
     guideline = (
         "A non-Gaussian posterior is the condition under which the ELBO's bias changes the learned "
