@@ -594,8 +594,8 @@ def _posterior_shape(best: Fit, gap_of: Gap | None = None) -> dict[str, Any]:
     amortisation = gap is not None and gap["share_above"] < SHAPE_WARNING <= (kh.get("share_above") or 0.0)
     if amortisation:
         explain = (
-            "Many points have heavy-tailed importance weights (k-hat > 0.7), but the closest Gaussian is near "
-            "the model's posterior at most of them: the amortised encoder falls short there (the "
+            "Many points have heavy-tailed importance weights (k-hat > 0.7), but the closest Gaussian is "
+            "near the model's posterior at most of them: the amortised encoder falls short there (the "
             "amortisation gap), not the posterior's shape."
         )
     elif verdict != "ok":
