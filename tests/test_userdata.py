@@ -177,7 +177,7 @@ def test_bad_options_of_fit_data_and_diagnose(tmp_path):
             ["diagnose", path, "--latent-dims", "1,x", "--out", out],
             "--latent-dims expects comma-separated ints",
         ),
-        (["diagnose", path, "--sigma", "-1", "--out", out], "--sigma values must be > 0"),
+        (["diagnose", path, "--sigma", "-1", "--out", out], "sigma_eps must be > 0, got -1.0"),
         (["diagnose", path, "--families", "vae,flw", "--out", out], "unknown family 'flw'"),
         (["diagnose", path, "--families", "iwae", "--out", out], "--families must include 'vae'"),
         (["diagnose", path, "--executor", "spark", "--out", out], "unknown executor 'spark'"),

@@ -542,6 +542,8 @@ def print_diagnosis(report: dict[str, Any]) -> None:
         table.add_row(Text(c["title"]), Text(c["verdict"], style=_VERDICT_STYLE[c["verdict"]]),
                       Text(c["meaning"]), Text(c["guideline"]))
     console.print(table)
+    if "convergence" in report:
+        console.print(f"convergence: {report['convergence']['note']}.", markup=False)
 
 
 def main() -> None:

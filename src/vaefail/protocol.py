@@ -197,18 +197,31 @@ def train_restarts(
         truth = fit_inference(family, truth, data, config, k_enc, steps=config.init_steps, progress=progress,
                               description="fit encoder to truth").model
         models = concat(truth, take(models, slice(n_truth, None)))
-    result = optimise(
-        models, family.loss(config), family.train_data(data), k_train, steps=config.steps,
+    result = train_all(family, models, data, config, k_train, k_score, progress=progress)
+    start = ["truth"] * n_truth + ["random"] * (config.restarts - n_truth)
+    return RestartOutcome(models=result.model, start=start, diverged=result.diverged,
+                          best_val=result.best_score, steps=result.steps, history=result.history)
+
+
+def train_all(
+    family: ModelFamily, models: Any, data: Any, config: Any, key: jax.Array, score_key: jax.Array, *,
+    progress: bool = False,
+) -> OptimiseResult:
+    """Train every parameter of stacked ``models`` on the family's objective: the protocol's main phase.
+
+    Up to ``config.steps`` steps (stopping at convergence when ``config.converge``), mini-batches drawn with
+    ``key``, the validation bound (Monte-Carlo key ``score_key``) every ``config.eval_every`` steps; each
+    restart keeps its best-validation parameters.
+    """
+    return optimise(
+        models, family.loss(config), family.train_data(data), key, steps=config.steps,
         batch_size=config.batch_size, learning_rate=config.learning_rate,
         final_lr_factor=config.final_lr_factor, score=family.score(config),
-        score_data=(family.val_data(data), k_score), eval_every=config.eval_every,
+        score_data=(family.val_data(data), score_key), eval_every=config.eval_every,
         patience=config.patience, tol=config.tol, converge=config.converge,
         description=f"{config.benchmark} {family.name} {config.objective} K={config.latent_dim}",
         progress=progress,
     )
-    start = ["truth"] * n_truth + ["random"] * (config.restarts - n_truth)
-    return RestartOutcome(models=result.model, start=start, diverged=result.diverged,
-                          best_val=result.best_score, steps=result.steps, history=result.history)
 
 
 def fit_family(

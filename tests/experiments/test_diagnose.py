@@ -92,6 +92,15 @@ def test_flexibility_counts_only_differences_beyond_noise(data):
     assert report["overall"] == "no failure found"
 
 
+def test_fits_that_ran_all_their_steps_are_counted(data):
+    settings = dg.DiagnoseSettings(latent_dims=(1,), sigmas=(0.1, 0.2), families=("vae",), steps=1000)
+    base = np.arange(10) * 0.01
+    fits = [_fit("vae", 1, 0.1, base, base), _fit("vae", 1, 0.2, base, base)]
+    fits[0].steps, fits[1].steps = 1000, 500
+    conv = dg.analyse(fits, settings, data)["convergence"]
+    assert conv["at_step_cap"] == 1 and conv["fits"] == 2 and "1 of 2 fits ran all 1000 steps" in conv["note"]
+
+
 def test_posterior_shape_thresholds(data):
     settings = dg.DiagnoseSettings(latent_dims=(1,), sigmas=(0.1,), families=("vae",))
     base = np.zeros(10) + np.arange(10) * 0.01
@@ -142,11 +151,12 @@ def test_diagnose_suspects_the_px_failure(tmp_path, benchmark):
 def test_diagnose_reports_no_failure_on_linear(tmp_path):
     path, cols = _samples(tmp_path, "linear")
     _, report, checks, _ = _diagnose(tmp_path, path, "--columns", cols, *SMALL)
-    # no check suspects a failure; at this small budget the flexibility check may warn that the VAE's
-    # training fell short of the IWAE's model (an optimisation shortfall, not the ELBO's preference)
+    # at this small budget the MFG-VAE's restarts fall short of the IWAE's model; the flexibility check's
+    # controls (refit the encoder, then train on from that model on the ELBO) tell that from the ELBO's
+    # preference, so no check warns or suspects a failure
     verdicts = {c: checks[c]["verdict"] for c in checks}
-    assert "failure suspected" not in verdicts.values(), json.dumps(report["checks"], indent=1)
-    assert report["overall"] in ("no failure found", "warning")
+    assert report["overall"] == "no failure found", json.dumps(report["checks"], indent=1)
+    assert set(verdicts.values()) <= {"ok", "not checked"}
 
 
 @pytest.mark.slow
@@ -234,3 +244,73 @@ def test_a_changed_selection_counts_only_beyond_noise(data):
 
     assert flex(0.005)["verdict"] == "ok"  # IWAE prefers K = 2 by 0.005 nats: not beyond noise
     assert flex(0.1)["verdict"] == "failure suspected"
+
+
+def test_an_undertrained_vae_is_continued_on_the_elbo_before_a_verdict(data):
+    """The IWAE's model has the higher ELBO with a refitted encoder (the VAE's restarts fell short of it).
+    Continued on the ELBO from there: held-out log p kept -> ok (no failure, advice to raise the budget);
+    lost beyond noise -> failure suspected (the ELBO moves away from the better p(x))."""
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=1000)
+    settings = dg.DiagnoseSettings(latent_dims=(1,), sigmas=(0.1,))
+    ref = _fit("vae", 1, 0.1, base, base - 0.1)
+    better = _fit("iwae", 1, 0.1, base + 0.2 + 0.1 * rng.normal(size=1000), base - 1.0)
+
+    def flex(kept):
+        report = dg.analyse(
+            [ref, better], settings, data, lambda fit: base + 0.1, lambda fit: (base + 0.1, fit.log_p - kept)
+        )
+        return report, next(c for c in report["checks"] if c["id"] == "flexibility")
+
+    report, ok = flex(0.0)
+    assert ok["verdict"] == "ok" and report["overall"] == "no failure found"
+    assert report["convergence"]["at_step_cap"] == 0  # the constructed fits record no steps
+    assert ok["numbers"]["iwae"]["undertrained"] is True
+    assert ok["numbers"]["iwae"]["continued_log_p_loss"] == pytest.approx(0.0)
+    assert "fell short" in ok["meaning"] and "raise --steps" in ok["meaning"]
+    report, lost = flex(0.15)
+    assert lost["verdict"] == "failure suspected" and report["overall"] == "failure suspected"
+    assert lost["numbers"]["iwae"]["continued_log_p_loss"] == pytest.approx(0.15)
+    assert "the ELBO moves away from the better p(x)" in lost["meaning"]
+
+
+@pytest.mark.slow
+def test_diagnose_on_ray_gives_the_local_numbers(tmp_path):
+    """`--executor ray` (a private local instance, address="local"): the same fits, numbers and verdicts as
+    the local worker processes."""
+    pytest.importorskip("ray")
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=400)
+    path = tmp_path / "lin.csv"
+    pd.DataFrame({"a": 2 * z + 0.2 * rng.normal(size=400), "b": -z + 0.2 * rng.normal(size=400)}).to_csv(
+        path, index=False
+    )
+    settings = dg.DiagnoseSettings(
+        latent_dims=(1,), sigmas=(0.3,), restarts=1, steps=200, batch_size=64, ll_samples=25, max_points=60
+    )
+    spec = data_spec(path)
+    local = dg.diagnose(spec, settings, tmp_path / "local", progress=False)
+    ray = dg.diagnose(spec, settings, tmp_path / "ray", executor="ray", progress=False)
+    assert ray.computed == local.computed == 2
+    for a, b in zip(local.report["grid"], ray.report["grid"], strict=True):
+        assert a == b
+    assert local.report["checks"] == ray.report["checks"]
+    again = dg.diagnose(spec, settings, tmp_path / "ray", executor="ray", progress=False)
+    assert again.computed == 0  # resumable like reproduce
+
+
+def test_posterior_shape_uses_the_k2_gap_and_names_the_amortisation_gap(data):
+    settings = dg.DiagnoseSettings(latent_dims=(2,), sigmas=(0.1,), families=("vae",))
+    base = np.arange(10) * 0.01
+    fit = _fit("vae", 2, 0.1, base, base, khat=0.15)
+    asked = []
+
+    def gap(f):
+        asked.append(f.key)
+        return {"share_above": 0.02, "threshold": 0.1}
+
+    checks = dg.analyse([fit], settings, data, gap=gap)["checks"]
+    shape = next(c for c in checks if c["id"] == "posterior_shape")
+    assert asked == [fit.key] and shape["numbers"]["gaussian_gap_share_above"] == 0.02
+    assert shape["verdict"] == "warning"  # the larger share (k-hat's 15%) decides
+    assert "amortisation gap" in shape["meaning"]

@@ -10,8 +10,10 @@ points for every fit, so comparisons are paired). Then :func:`analyse` runs the 
   at the ``K`` held-out likelihood selects);
 - ``latent_dim``: the same two criteria over ``K`` (at the selected ``sigma_eps``);
 - ``flexibility``: does the more flexible family change held-out ``log p_theta(x)``, the ``K`` or
-  ``sigma_eps`` it selects, or the per-dimension mutual information, beyond their noise;
-- ``posterior_shape``: the share of test points with Pareto k-hat > 0.7 and, for ``K = 1``, with an
+  ``sigma_eps`` it selects, or the per-dimension mutual information, beyond their noise; when it finds a
+  better p(x), controls (:class:`Controls`) tell the ELBO's preference for the worse model (the paper's p(x)
+  failure) from MFG-VAE fits that merely fell short of the better one (see :func:`analyse`);
+- ``posterior_shape``: the share of test points with Pareto k-hat > 0.7 and, for ``K <= 2``, with an
   optimal-Gaussian gap of the model's posterior above 0.1 nats (the paper's condition Cx1 on the model);
 - ``unseen``: what no check without ground truth can see (the latent failure of the paper's Example 1).
 
@@ -38,14 +40,16 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from vaefail._io import write_atomic
+from vaefail.config import FitConfig
 from vaefail.datafit import DATA_FAMILY, data_config
 from vaefail.errors import ConfigError, unknown_name
 from vaefail.experiments.execute import check_executor, execute
 from vaefail.experiments.figures import sample_model
 from vaefail.experiments.store import ResultsStore, config_hash
 from vaefail.metrics._stats import elbo_per_point
-from vaefail.metrics.nogroundtruth import evaluate_data_run
-from vaefail.protocol import fit_family, fit_inference
+from vaefail.metrics.likelihood import log_likelihood
+from vaefail.metrics.nogroundtruth import evaluate_data_run, model_gaussian_gap
+from vaefail.protocol import fit_family, fit_inference, train_all
 from vaefail.results import FitResult, family_from_path
 from vaefail.stacking import take
 from vaefail.userdata import DataSpec, UserData, load_data
@@ -102,10 +106,8 @@ class DiagnoseSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not self.latent_dims or min(self.latent_dims) < 1 or max(self.latent_dims) > 64:
-            raise ConfigError(f"--latent-dims must be integers in [1, 64], got {list(self.latent_dims)}")
-        if not self.sigmas or not all(math.isfinite(s) and s > 0 for s in self.sigmas):
-            raise ConfigError(f"--sigma values must be > 0, got {list(self.sigmas)}")
+        if not self.latent_dims or not self.sigmas:
+            raise ConfigError("--latent-dims and --sigma need at least one value each")
         for f in self.families:
             if f not in FAMILIES:
                 raise unknown_name("family", f, FAMILIES)
@@ -113,7 +115,13 @@ class DiagnoseSettings:
             raise ConfigError(
                 f"--families must include {REFERENCE!r} (the reference every check compares with)"
             )
-        for name in ("restarts", "steps", "ll_samples", "max_points", "gap_points", "num_samples"):
+        # the protocol's own checks (K, sigma_eps, restarts, steps, ... in range), as every fit will meet them
+        for k in self.latent_dims:
+            for sigma in self.sigmas:
+                FitConfig(latent_dim=k, sigma_eps=sigma, restarts=self.restarts, steps=self.steps,
+                          learning_rate=self.learning_rate, eval_every=self.eval_every,
+                          num_samples=self.num_samples, seed=self.seed)
+        for name in ("ll_samples", "max_points", "gap_points"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.ll_samples < 25:
@@ -179,7 +187,8 @@ def jobs(spec: DataSpec, settings: DiagnoseSettings) -> list[tuple[str, dict[str
 def run_diagnose_task(spec: dict[str, Any]) -> dict[str, bytes]:
     """Fit one configuration on the data (random restarts) and evaluate its selected restart on the test
     split: the run folder's files, ``metrics.json`` (summary, the truth-free metrics with the per-point
-    ``log_p`` and ``elbo``, and ``timing``) and ``task.json``."""
+    ``log_p`` and ``elbo``, and ``timing``) and ``task.json``. The optimal-Gaussian gap is left to the
+    analysis (:meth:`Controls.gaussian_gap`), which needs it for the selected model only."""
     wall, cpu = time.perf_counter(), time.process_time()
     model_family = family_from_path(FAMILIES[spec["family"]][0])
     config = model_family.config_type.from_dict(spec["fit"])
@@ -196,16 +205,6 @@ def run_diagnose_task(spec: dict[str, Any]) -> dict[str, bytes]:
         gap=False,
         per_point=True,
     )
-    if config.latent_dim == 1:
-        gap = evaluate_data_run(
-            result,
-            jax.random.PRNGKey(config.seed + 31338),
-            num_samples=25,
-            max_points=min(ev["gap_points"], config.n_test),
-            exact=False,
-            mi=False,
-        )
-        metrics["posterior"]["model_gaussian_gap"] = gap["posterior"]["model_gaussian_gap"]
     timing = {
         "fit_seconds": round(fit_seconds, 2),
         "wall_seconds": round(time.perf_counter() - wall, 2),
@@ -222,6 +221,8 @@ def run_diagnose_task(spec: dict[str, Any]) -> dict[str, bytes]:
 # --------------------------------------------------------------------------------------- analysis
 
 Refit = Callable[["Fit"], np.ndarray]
+Continued = Callable[["Fit"], tuple[np.ndarray, np.ndarray]]
+Gap = Callable[["Fit"], "dict[str, Any] | None"]
 
 
 @dataclass
@@ -235,6 +236,7 @@ class Fit:
     log_p: np.ndarray
     elbo: np.ndarray
     metrics: dict[str, Any]
+    steps: int | None = None  # training steps the protocol ran (``None``: unknown)
 
     @property
     def ll(self) -> float:
@@ -328,15 +330,29 @@ def _mi(f: Fit) -> list[dict[str, Any]]:
 
 
 def analyse(
-    fits: Sequence[Fit], settings: DiagnoseSettings, data: UserData, refit: Refit | None = None
+    fits: Sequence[Fit],
+    settings: DiagnoseSettings,
+    data: UserData,
+    refit: Refit | None = None,
+    continued: Continued | None = None,
+    gap: Gap | None = None,
 ) -> dict[str, Any]:
     """The checks of the module docstring on the finished grid; returns the ``diagnosis.json`` content.
 
-    ``refit(fit)`` (optional) returns the per-point test ELBO of ``fit``'s selected model after its encoder
-    is refitted on the ELBO with the decoder frozen (:func:`refit_elbo`). The flexibility check uses it as a
-    control: when a flexible family finds a better p(x), the paper's p(x) failure means the ELBO prefers
-    the MFG-VAE's worse model; if that model with its best Gaussian encoder has the higher ELBO instead, the
-    MFG-VAE merely did not find it (an optimisation shortfall, a warning).
+    The flexibility check's controls (optional; :class:`Controls` computes them), for a flexible family's
+    model that fits p(x) better than the MFG-VAE's selection:
+
+    - ``refit(fit)``: per-point test ELBO of ``fit``'s model with its encoder refitted on the ELBO (decoder
+      frozen). Not higher than the MFG-VAE's selection's ELBO beyond noise: the ELBO prefers the worse p(x),
+      the paper's p(x) failure (failure suspected).
+    - Higher: the MFG-VAE's restarts fell short of that model (under-trained). ``continued(fit)`` (per-point
+      test ELBO and ``log p_theta``) then trains the refitted model further on the ELBO, decoder included:
+      if that loses held-out log-likelihood beyond noise, the ELBO moves away from the better p(x) (failure
+      suspected); if not, the objective does not prefer the worse model (ok, with the advice to raise the
+      budget). Without ``continued``: a warning that the MFG-VAE's training fell short.
+
+    ``gap(fit)`` gives the optimal-Gaussian gap summary of the selected MFG-VAE (``K <= 2``) for the
+    posterior-shape check when the fit's metrics do not hold it.
     """
     ref = [f for f in fits if f.family == REFERENCE]
     best = _select(ref, "ll")
@@ -355,8 +371,8 @@ def analyse(
             "latent_dim",
             f"MFG-VAE at sigma_eps = {best.sigma:g}",
         ),
-        _flexibility(fits, best, refit),
-        _posterior_shape(best),
+        _flexibility(fits, best, refit, continued),
+        _posterior_shape(best, gap),
         _unseen(data),
     ]
     ranked = [c["verdict"] for c in checks]
@@ -378,14 +394,26 @@ def analyse(
             "khat_share_above": (f.metrics["posterior"]["khat"] or {}).get("share_above"),
             "active_units": (f.metrics.get("mutual_information") or {}).get("active_units"),
             "mi_per_dim": [d["mean"] for d in _mi(f)],
+            "steps": f.steps,
             "key": f.key,
         }
         for f in fits
     ]
+    capped = sum(f.steps is not None and f.steps >= settings.steps for f in fits)
     return {
         "format": "vaefail-diagnosis/1",
         "overall": overall,
         "checks": checks,
+        "convergence": {
+            "fits": len(fits),
+            "at_step_cap": int(capped),
+            "note": (
+                f"{capped} of {len(fits)} fits ran all {settings.steps} steps without meeting the "
+                "stopping rule (validation bound no longer improving); more --steps may change their numbers"
+                if capped
+                else "every fit met the stopping rule before the step cap"
+            ),
+        },
         "grid": grid,
         "data": {
             "path": data.spec.path,
@@ -398,7 +426,9 @@ def analyse(
     }
 
 
-def _flexibility(fits: Sequence[Fit], best: Fit, refit: Refit | None = None) -> dict[str, Any]:
+def _flexibility(
+    fits: Sequence[Fit], best: Fit, refit: Refit | None = None, continued: Continued | None = None
+) -> dict[str, Any]:
     guideline = (
         "Check whether a more flexible variational family changes the answer; if it does, the "
         "MFG-VAE's fit of p(x) and its latent codes are limited by its Gaussian posterior (paper, Sec. 7)."
@@ -457,14 +487,40 @@ def _flexibility(fits: Sequence[Fit], best: Fit, refit: Refit | None = None) -> 
             if control is not None:
                 numbers[fam]["refit_elbo_gain"], numbers[fam]["refit_elbo_gain_stderr"] = control
             if control is not None and beyond_noise(*control):
-                verdicts.append("warning")
-                notes.append(
-                    f"{change}; but with its best Gaussian encoder (refitted on the ELBO) that model "
-                    f"also has a higher ELBO than the MFG-VAE's selection "
-                    f"(+{control[0]:.3f} ± {control[1]:.3f}), so the ELBO does not prefer the worse model: "
-                    "the MFG-VAE's training fell short of it "
-                    "(more restarts or steps), not its objective"
+                shortfall = (
+                    f"{change}; with its best Gaussian encoder (refitted on the ELBO) that model also has "
+                    f"a higher ELBO than the MFG-VAE's selection (+{control[0]:.3f} ± {control[1]:.3f}), "
+                    "so the MFG-VAE's random restarts fell short of it (under-trained: raise --steps or "
+                    "--restarts)"
                 )
+                if continued is None:
+                    verdicts.append("warning")
+                    notes.append(f"{shortfall}: the MFG-VAE's training fell short, not its objective")
+                    continue
+                c_elbo, c_log_p = continued(top)
+                loss, loss_se = paired(top.log_p, c_log_p)
+                numbers[fam]["continued_log_p_loss"], numbers[fam]["continued_log_p_loss_stderr"] = (
+                    loss,
+                    loss_se,
+                )
+                numbers[fam]["continued_elbo_gain"], numbers[fam]["continued_elbo_gain_stderr"] = paired(
+                    c_elbo, best.elbo
+                )
+                numbers[fam]["undertrained"] = True
+                if beyond_noise(loss, loss_se):
+                    verdicts.append("failure suspected")
+                    notes.append(
+                        f"{shortfall}; but trained further on the ELBO from that model (decoder included) "
+                        f"the MFG-VAE loses {loss:.3f} ± {loss_se:.3f} nats/point of held-out "
+                        "log-likelihood: the ELBO moves away from the better p(x)"
+                    )
+                else:
+                    verdicts.append("ok")
+                    notes.append(
+                        f"{shortfall}. Trained further on the ELBO from that model (decoder included), the "
+                        f"MFG-VAE keeps its held-out log-likelihood (change {-loss:+.3f} ± {loss_se:.3f} "
+                        "nats/point, within noise): the objective does not prefer a worse p(x)"
+                    )
             else:
                 verdicts.append("failure suspected")
                 tail_ = (
@@ -515,10 +571,12 @@ def _flexibility(fits: Sequence[Fit], best: Fit, refit: Refit | None = None) -> 
     )
 
 
-def _posterior_shape(best: Fit) -> dict[str, Any]:
+def _posterior_shape(best: Fit, gap_of: Gap | None = None) -> dict[str, Any]:
     post = best.metrics["posterior"]
     kh = post.get("khat") or {}
     gap = post.get("model_gaussian_gap")
+    if gap is None and gap_of is not None:
+        gap = gap_of(best)
     shares = {"khat_share_above_0.7": kh.get("share_above")}
     if gap is not None:
         shares["gaussian_gap_share_above"] = gap["share_above"]
@@ -531,17 +589,26 @@ def _posterior_shape(best: Fit) -> dict[str, Any]:
         f" and {gap['share_above']:.0%} have a posterior more than {gap['threshold']} nats from the "
         f"closest Gaussian"
         if gap is not None
-        else f" (the optimal-Gaussian gap is computed for K = 1 only; K = {best.latent_dim} here)"
+        else f" (the optimal-Gaussian gap needs quadrature over z, K <= 2; K = {best.latent_dim} here)"
     )
+    amortisation = gap is not None and gap["share_above"] < SHAPE_WARNING <= (kh.get("share_above") or 0.0)
+    if amortisation:
+        explain = (
+            "Many points have heavy-tailed importance weights (k-hat > 0.7), but the closest Gaussian is "
+            "near the model's posterior at most of them: the amortised encoder falls short there (the "
+            "amortisation gap), not the posterior's shape."
+        )
+    elif verdict != "ok":
+        explain = (
+            "Many points have posteriors a Gaussian cannot match (the paper's condition Cx1 on the model): "
+            "the ELBO pays for them, so it pushes the model towards simpler posteriors."
+        )
+    else:
+        explain = "The Gaussian encoder matches the model's posteriors well."
     meaning = (
         f"At the selected MFG-VAE (K = {best.latent_dim}, sigma_eps = {best.sigma:g}), "
         f"{kh.get('share_above', float('nan')):.0%} of test points have Pareto k-hat > 0.7{gap_text}. "
-        + (
-            "Many points have posteriors a Gaussian cannot match (the paper's condition Cx1 on the model): "
-            "the ELBO pays for them, so it pushes the model towards simpler posteriors."
-            if verdict != "ok"
-            else "The Gaussian encoder matches the model's posteriors well."
-        )
+        + explain
     )
     guideline = (
         "A non-Gaussian posterior is the condition under which the ELBO's bias changes the learned "
@@ -597,37 +664,104 @@ def collect(store: ResultsStore, job_list: Sequence[tuple[str, dict[str, Any]]])
                 log_p=np.asarray(m["per_point"]["log_p"]),
                 elbo=np.asarray(m["per_point"]["elbo"]),
                 metrics=m,
+                steps=rec.get("summary", {}).get("steps"),
             )
         )
     return fits
 
 
-def refit_elbo(store: ResultsStore, fit: Fit, settings: DiagnoseSettings) -> np.ndarray:
-    """Per-point test ELBO of ``fit``'s selected model with its encoder refitted on the ELBO (decoder
-    frozen; :func:`vaefail.protocol.fit_inference` for the fit's ``steps``, key ``PRNGKey(seed + 5)``),
-    on the same test points and with the same ELBO key and samples as the fits' own evaluation. Cached in
-    the store as ``runs/<key>/refit_elbo.json``, so a rerun reuses it."""
-    cache = store.path(fit.key) / "refit_elbo.json"
-    if cache.is_file():
-        return np.asarray(json.loads(cache.read_text()), np.float64)
-    result = FitResult.load(store.path(fit.key))
-    config = result.config.replace(objective="vae")
-    splits = result.data()
-    single = take(result.models, slice(result.selected, result.selected + 1))
-    model = fit_inference(
-        DATA_FAMILY,
-        single,
-        splits,
-        config,
-        jax.random.PRNGKey(config.seed + 5),
-        steps=config.steps,
-        converge=config.converge,
-    ).model
-    x = splits.test.x[: min(settings.max_points, config.n_test)]
-    elbo_key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 31337), 1)  # evaluate_data_run's
-    elbo = elbo_per_point(take(model, 0), x, elbo_key, 100)
-    write_atomic(cache, json.dumps([float(v) for v in elbo]).encode())
-    return elbo
+#: Key offsets (from the fit's seed) of the controls: the encoder refit, the continued training's batches
+#: and validation, and the evaluation (the same as the fits' own: :func:`run_diagnose_task`).
+_REFIT_SEED, _CONTINUE_SEED, _EVAL_SEED = 5, 6, 31337
+
+
+class Controls:
+    """The analysis's extra computations on fits of a finished grid in ``store``, each cached under
+    ``runs/<key>/`` (so a rerun of the diagnosis reuses them) and computed only when a check asks.
+
+    - :meth:`refit_elbo`: the fit's selected model with its encoder refitted on the ELBO, decoder frozen
+      (:func:`vaefail.protocol.fit_inference`, the fit's ``steps``, key ``PRNGKey(seed + 5)``): its per-point
+      test ELBO. The ELBO this decoder reaches with its best Gaussian encoder.
+    - :meth:`continued`: that refitted model trained further on the ELBO, every parameter
+      (:func:`vaefail.protocol.train_all`, the fit's budget and stopping rule, key ``PRNGKey(seed + 6)``):
+      its per-point test ELBO and ``log p_theta(x)``. Where the ELBO takes the model from there.
+    - :meth:`gaussian_gap`: the optimal-Gaussian gap of the selected model's posterior on the first
+      ``gap_points`` test points (``K <= 2``; :func:`vaefail.metrics.nogroundtruth.model_gaussian_gap`).
+
+    Every per-point quantity is on the fits' own test points with the fits' evaluation keys and samples,
+    so it is paired with theirs.
+    """
+
+    def __init__(self, store: ResultsStore, settings: DiagnoseSettings) -> None:
+        self.store, self.settings = store, settings
+        self._refitted: dict[str, Any] = {}
+
+    def _cached(self, fit: Fit, name: str, compute: Callable[[], Any]) -> Any:
+        cache = self.store.path(fit.key) / name
+        if cache.is_file():
+            return json.loads(cache.read_text())
+        value = compute()
+        write_atomic(cache, json.dumps(value).encode())
+        return value
+
+    def _test_points(self, result: FitResult) -> np.ndarray:
+        return result.data().test.x[: min(self.settings.max_points, result.config.n_test)]
+
+    def _evaluate(self, model: Any, result: FitResult, log_p: bool = True) -> dict[str, list[float]]:
+        x = self._test_points(result)
+        key = jax.random.PRNGKey(result.config.seed + _EVAL_SEED)  # evaluate_data_run's keys
+        out = {"elbo": [float(v) for v in elbo_per_point(model, x, jax.random.fold_in(key, 1), 100)]}
+        if log_p:
+            ll = log_likelihood(model, x, jax.random.fold_in(key, 0), self.settings.ll_samples)
+            out["log_p"] = [float(v) for v in ll.per_point]
+        return out
+
+    def _refit(self, fit: Fit) -> tuple[Any, FitResult]:
+        if fit.key not in self._refitted:
+            result = FitResult.load(self.store.path(fit.key))
+            config = result.config.replace(objective="vae")
+            single = take(result.models, slice(result.selected, result.selected + 1))
+            model = fit_inference(DATA_FAMILY, single, result.data(), config,
+                                  jax.random.PRNGKey(config.seed + _REFIT_SEED), steps=config.steps,
+                                  converge=config.converge).model
+            self._refitted[fit.key] = (model, result)
+        return self._refitted[fit.key]
+
+    def refit_elbo(self, fit: Fit) -> np.ndarray:
+        """Per-point test ELBO of ``fit``'s model with its best Gaussian encoder (decoder frozen)."""
+
+        def compute() -> list[float]:
+            model, result = self._refit(fit)
+            return self._evaluate(take(model, 0), result, log_p=False)["elbo"]
+
+        return np.asarray(self._cached(fit, "refit_elbo.json", compute), np.float64)
+
+    def continued(self, fit: Fit) -> tuple[np.ndarray, np.ndarray]:
+        """Per-point test ``(ELBO, log p_theta(x))`` after ELBO training of every parameter from ``fit``'s
+        model with its refitted encoder."""
+
+        def compute() -> dict[str, list[float]]:
+            model, result = self._refit(fit)
+            config = result.config.replace(objective="vae")
+            k_train, k_score = jax.random.split(jax.random.PRNGKey(config.seed + _CONTINUE_SEED))
+            trained = train_all(DATA_FAMILY, model, result.data(), config, k_train, k_score).model
+            return self._evaluate(take(trained, 0), result)
+
+        out = self._cached(fit, "continued.json", compute)
+        return np.asarray(out["elbo"], np.float64), np.asarray(out["log_p"], np.float64)
+
+    def gaussian_gap(self, fit: Fit) -> dict[str, Any] | None:
+        """The optimal-Gaussian gap summary of ``fit``'s model on the first ``gap_points`` test points, or
+        ``None`` for ``K > 2`` (no quadrature over z)."""
+        if fit.latent_dim > 2:
+            return None
+
+        def compute() -> dict[str, Any]:
+            result = FitResult.load(self.store.path(fit.key))
+            x = result.data().test.x[: min(self.settings.gap_points, result.config.n_test)]
+            return model_gaussian_gap(result.model, x)
+
+        return self._cached(fit, "gaussian_gap.json", compute)
 
 
 @dataclass
@@ -672,7 +806,8 @@ def diagnose(
         progress=progress,
     )
     fits = collect(store, job_list)
-    report = analyse(fits, settings, data, lambda fit: refit_elbo(store, fit, settings))
+    controls = Controls(store, settings)
+    report = analyse(fits, settings, data, controls.refit_elbo, controls.continued, controls.gaussian_gap)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     report["computed"] = computed
     out = Path(out)
@@ -849,6 +984,8 @@ def render_html(report: dict[str, Any], figs: Sequence[tuple[str, str]]) -> str:
             f"{e(c['verdict'])}</span></h3><p>{e(c['meaning'])}</p><p><i>Guideline:</i> "
             f"{e(c['guideline'])}</p><table>{nums}</table>"
         )
+    if "convergence" in report:
+        parts.append(f"<p><i>Convergence:</i> {e(report['convergence']['note'])}.</p>")
     parts.append("<h2>Figures</h2>")
     for caption, png in figs:
         parts.append(

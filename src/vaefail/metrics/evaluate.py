@@ -44,6 +44,23 @@ BOUND_POINTS = 500
 CROSSINGS: dict[str, tuple[float, ...]] = {"figure8": (0.0, 0.0)}
 
 
+def evaluation_points(result: Any, split: str, max_points: int | None) -> np.ndarray:
+    """The points a run is evaluated on: the first ``max_points`` (all when ``None``) of its ``split``
+    (``"train"``, ``"val"`` or ``"test"``), checked against the data dimension; shape ``(n, D)``.
+
+    Shared by :func:`evaluate_run` and the truth-free
+    :func:`vaefail.metrics.nogroundtruth.evaluate_data_run`, so both evaluate the same points.
+    """
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"split must be 'train', 'val' or 'test', got {split!r}")
+    x = check_x(getattr(result.splits(), split).x, result.benchmark.x_dim, what=f"{split} data")
+    if max_points is not None:
+        if max_points < 2:
+            raise ConfigError(f"max_points must be >= 2, got {max_points}")
+        x = x[:max_points]
+    return x
+
+
 def evaluate_run(
     result: Any,
     key: jax.Array,
@@ -116,14 +133,8 @@ def evaluate_run(
         raise ConfigError(
             f"unknown sections {sorted(wanted - set(OPTIONAL_SECTIONS))}; known: {list(OPTIONAL_SECTIONS)}"
         )
-    if split not in ("train", "val", "test"):
-        raise ConfigError(f"split must be 'train', 'val' or 'test', got {split!r}")
     model, bench, config = result.model, result.benchmark, result.config
-    x = check_x(getattr(result.splits(), split).x, bench.x_dim, what=f"{split} data")
-    if max_points is not None:
-        if max_points < 2:
-            raise ConfigError(f"max_points must be >= 2, got {max_points}")
-        x = x[:max_points]
+    x = evaluation_points(result, split, max_points)
     k = int(model.latent_dim)
     keys = {name: jax.random.fold_in(key, i) for i, name in enumerate(
         ["is", "split", "mi", "truth", "gap", "bounds"])}
