@@ -19,7 +19,9 @@ worker that stored the time (one core each; times stored on a loaded machine are
 the driver's start-up and the tables, figures and report written after the last configuration (add the
 ``--overhead`` seconds measured for them). A configuration with no stored time is estimated from
 :func:`~vaefail.experiments.execute.estimated_cost` times the median seconds per unit cost of the stored
-configurations of the same task kind and objective, and the table says how many were estimated. The lower
+runs (of any preset) of the same task kind and objective, and the table says how many were estimated: a
+rough figure, since the cost model counts restarts x steps x samples only (not batch size, evaluation or
+compilation). The lower
 bound ``max(total / W, longest job)`` is printed beside each prediction.
 """
 
@@ -40,18 +42,21 @@ from vaefail.experiments.grid import load_experiments, parse_only, select
 from vaefail.experiments.reproduce import task_key
 
 Job = tuple[str, dict[str, Any]]
+Runs = dict[str, tuple[dict[str, Any], float]]  # store key -> (spec, seconds)
 
 
-def stored_seconds(stores: Sequence[Path], which: str = "wall") -> dict[str, float]:
-    """``{store key: seconds}`` of every configuration in ``stores`` with a ``timing.json``
-    (``which``: ``"wall"`` or ``"cpu"`` seconds); a key in several stores takes the first store's time."""
-    out: dict[str, float] = {}
+def stored_runs(stores: Sequence[Path], which: str = "wall") -> Runs:
+    """``{store key: (spec, seconds)}`` of every configuration in ``stores`` with a ``task.json`` and a
+    ``timing.json`` (``which``: ``"wall"`` or ``"cpu"`` seconds); a key in several stores takes the first
+    store's."""
+    out: Runs = {}
     for store in stores:
         for timing in sorted(Path(store, "runs").glob("*/timing.json")):
             key = timing.parent.name
-            if key.startswith(".tmp-") or key in out:
+            if key.startswith(".tmp-") or key in out or not (timing.parent / "task.json").is_file():
                 continue
-            out[key] = float(json.loads(timing.read_text())[f"{which}_seconds"])
+            spec = json.loads((timing.parent / "task.json").read_text())
+            out[key] = (spec, float(json.loads(timing.read_text())[f"{which}_seconds"]))
     return out
 
 
@@ -60,19 +65,20 @@ def _group(spec: dict[str, Any]) -> tuple[str, str]:
     return spec.get("kind", "fit"), str(fit.get("objective", "") if isinstance(fit, dict) else "")
 
 
-def job_seconds(jobs: Sequence[Job], seconds: dict[str, float]) -> tuple[list[float], int]:
+def job_seconds(jobs: Sequence[Job], runs: Runs) -> tuple[list[float], int]:
     """The time of each job (stored, else estimated; module docstring) and how many were estimated.
 
-    Raises ``ValueError`` when a job has no stored time and no stored job of its kind and objective has a
-    positive cost to scale from."""
+    The seconds per unit cost of a kind and objective are the median over every stored run of it (of
+    any preset). Raises ``ValueError`` when a job has no stored time and no stored run of its kind and
+    objective has a positive cost to scale from."""
     rate: dict[tuple[str, str], list[float]] = {}
-    for key, spec in jobs:
-        if key in seconds and estimated_cost(spec) > 0:
-            rate.setdefault(_group(spec), []).append(seconds[key] / estimated_cost(spec))
+    for spec, seconds in runs.values():
+        if estimated_cost(spec) > 0:
+            rate.setdefault(_group(spec), []).append(seconds / estimated_cost(spec))
     out, estimated = [], 0
     for key, spec in jobs:
-        if key in seconds:
-            out.append(seconds[key])
+        if key in runs:
+            out.append(runs[key][1])
             continue
         per_cost = rate.get(_group(spec))
         if not per_cost:
@@ -159,14 +165,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     for store in args.store:
         if not Path(store, "runs").is_dir():
             sys.exit(f"error: {store} is not a results store (no runs/ folder)")
-    seconds = stored_seconds(args.store, args.seconds)
+    runs = stored_runs(args.store, args.seconds)
     header = ("preset", "configurations", "estimated", "total", "workers", "local pool", "ray",
               "lower bound")
     print(" | ".join(header))
     for preset in args.preset or ["quick"]:
         jobs = preset_jobs(args.experiment, preset, args.repeats, args.only)
         try:
-            times, estimated = job_seconds(jobs, seconds)
+            times, estimated = job_seconds(jobs, runs)
         except ValueError as err:
             sys.exit(f"error: {preset}: {err}")
         for p in predict(jobs, times, args.workers):

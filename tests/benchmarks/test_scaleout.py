@@ -56,12 +56,13 @@ def test_predictions_respect_the_lower_bound_and_fall_with_workers():
 
 def test_missing_times_are_estimated_from_cost(tmp_path):
     jobs = [("a", _spec("iwae", 100)), ("b", _spec("iwae", 200, seed=1)), ("c", _spec("iwae", 300, seed=2))]
-    seconds = scaleout.stored_seconds([_store(tmp_path, jobs[:2], [10.0, 20.0])])
-    assert seconds == {"a": 10.0, "b": 20.0}
-    times, estimated = scaleout.job_seconds(jobs, seconds)
+    runs = scaleout.stored_runs([_store(tmp_path, jobs[:2], [10.0, 20.0])])
+    assert {k: s for k, (_, s) in runs.items()} == {"a": 10.0, "b": 20.0}
+    assert runs["a"][0] == jobs[0][1]
+    times, estimated = scaleout.job_seconds(jobs, runs)
     assert estimated == 1 and times == pytest.approx([10.0, 20.0, 30.0])  # same seconds per unit cost
     with pytest.raises(ValueError, match="no stored time"):
-        scaleout.job_seconds([("d", {"kind": "digits", "fit": {}})], seconds)
+        scaleout.job_seconds([("d", {"kind": "digits", "fit": {}})], runs)
 
 
 def test_cli_predicts_a_preset_from_a_store(tmp_path):
