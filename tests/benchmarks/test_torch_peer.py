@@ -36,6 +36,7 @@ def test_stacked_peer_has_vaefails_bound_and_gradients(objective, samples, laten
     assert check.ok, str(check)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("latent_dim", [1, 3])
 def test_flow_peer_has_vaefails_bound_and_gradients(latent_dim):
     models = _perturbed_flow(latent_dim)
@@ -92,6 +93,7 @@ def test_batched_log_likelihood_agrees_with_exact_quadrature():
     assert np.mean(np.abs(log_p_wrong - exact) / np.maximum(se, 1e-12) < 3) < 0.5
 
 
+@pytest.mark.slow
 def test_peer_trainer_trains_every_restart():
     arrays = torch_peer.vaefail_arrays(torch_peer.vaefail_models("gaussian", 1, 2))
     x = torch_baseline.figure8_train_x()
