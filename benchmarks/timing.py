@@ -9,21 +9,27 @@ import jax
 import jax.numpy as jnp
 
 from vaefail.benchmarks import get_benchmark
-from vaefail.config import FitConfig
+from vaefail.config import FitConfig, FlowConfig
+from vaefail.flowvae import FLOW
 from vaefail.mfg import init_models
 from vaefail.objectives import loss_fn
 from vaefail.training import optimise
 
 
 def restart_steps_per_second(objective: str, samples: int, latent_dim: int, restarts: int = 10,
-                             batch: int = 100, steps: int = 2000, group: int | None = None) -> float:
+                             batch: int = 100, steps: int = 2000, group: int | None = None,
+                             encoder: str = "gaussian") -> float:
     """Throughput of the fused training loop alone: the second of two identical runs of ``steps`` steps
     (the first compiles). The restarts are split across the process's CPU devices (one per core by
     default, ``$VAEFAIL_CPU_DEVICES``), as in ``vaefail.fit``; on one device ``group`` of them are vmapped
-    at a time (``optimise``'s default when ``None``)."""
+    at a time (``optimise``'s default when ``None``). ``encoder="flow"``: the flow family's models
+    (``FlowFamily.init`` with the ``FlowConfig`` defaults: 2 spline coupling layers of 8 bins)."""
     bench = get_benchmark("figure8")
-    config = FitConfig(restarts=restarts, latent_dim=latent_dim)
-    models = init_models(config, bench, list(jax.random.split(jax.random.PRNGKey(0), restarts)))
+    keys = list(jax.random.split(jax.random.PRNGKey(0), restarts))
+    if encoder == "flow":
+        models = FLOW.init(FlowConfig(restarts=restarts, latent_dim=latent_dim), bench, keys)
+    else:
+        models = init_models(FitConfig(restarts=restarts, latent_dim=latent_dim), bench, keys)
     x = jnp.asarray(bench.sample(jax.random.PRNGKey(1), 5000).x, jnp.float32)
 
     def go(n):

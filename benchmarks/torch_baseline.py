@@ -256,7 +256,7 @@ def check_same_objective(objective: str = "vae", samples: int = 1, latent_dim: i
 
     A fresh vaefail model (``make_vae`` with the figure8 sizes) is copied into a :class:`TorchVAE`. The
     noise is the exact noise vaefail's ``elbo`` / ``iwae`` draw internally from ``key`` (per point
-    ``normal(split(key, n)[i], (S, K))``), regenerated here and handed to the torch functions. Compared:
+    ``normal(split(key, n)[i], (K, S))``), regenerated here and handed to the torch functions. Compared:
     the per-point bound (``vaefail.objectives.bound_fn``) and the gradient of the training loss
     (``vaefail.objectives.loss_fn``) with respect to every weight, as ``max |g_t - g_v| / max |g_v|`` per
     array.
@@ -274,13 +274,13 @@ def check_same_objective(objective: str = "vae", samples: int = 1, latent_dim: i
     v_bound = np.asarray(bound_fn(objective, s)(vmodel, x, key).bound)
     v_grads = eqx.filter_grad(lambda m: loss_fn(objective, s)(m, x, key)[0])(vmodel)
 
-    eps = np.array(jax.vmap(lambda k: jax.random.normal(k, (s, latent_dim)))(jax.random.split(key, batch)))
+    eps = np.array(jax.vmap(lambda k: jax.random.normal(k, (latent_dim, s)))(jax.random.split(key, batch)))
     tmodel = torch_from_vaefail(vmodel)
     xt = torch.from_numpy(x)
     if objective == "vae":
-        t_bound = elbo(tmodel, xt, torch.from_numpy(eps[:, 0]))
+        t_bound = elbo(tmodel, xt, torch.from_numpy(eps[:, :, 0]))
     else:
-        t_bound = iwae_bound(tmodel, xt, s, torch.from_numpy(eps.transpose(1, 0, 2).copy()))
+        t_bound = iwae_bound(tmodel, xt, s, torch.from_numpy(eps.transpose(2, 0, 1).copy()))
     (-t_bound.mean()).backward()
 
     rel = 0.0
