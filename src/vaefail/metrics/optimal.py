@@ -583,6 +583,16 @@ class BoundDecomposition:
         }
 
 
+def optimal_only(opt: OptimalBound) -> dict[str, Any]:
+    """The terms that need no encoder, in :meth:`BoundDecomposition.to_dict`'s form: ``-log p``, ``-ELBO*``
+    and the approximation gap (``neg_elbo`` and ``amortisation_gap`` are None)."""
+    return {
+        "method": opt.method, "n": int(opt.log_p.size), "neg_log_p": Estimate.of(-opt.log_p).to_dict(),
+        "neg_elbo": None, "neg_elbo_star": Estimate.of(-opt.elbo_star).to_dict(),
+        "approximation_gap": Estimate.of(opt.gap).to_dict(), "amortisation_gap": None,
+    }
+
+
 def amortised_elbo(model: VAE, x: np.ndarray, key: jax.Array, *, log_p: np.ndarray | None = None,
                    elbo_samples: int = 1000) -> tuple[np.ndarray, str]:
     """The model's own encoder's ``ELBO(x_i)`` and how it was computed.
