@@ -15,7 +15,8 @@ from vaefail.semisupervised.optimal import class_vae, m2_bounds, m2_optimal_boun
 
 def true_m2(bench, latent_dim=1, encoder="kingma"):
     return make_m2(bench.x_dim, latent_dim, bench.n_classes, bench.sigma_eps, key=jax.random.PRNGKey(1),
-                   encoder=encoder, class_prior=bench.class_prior(), decoder=TrueLabelledDecoder(f_gt=bench.f_gt))
+                   encoder=encoder, class_prior=bench.class_prior(),
+                   decoder=TrueLabelledDecoder(f_gt=bench.f_gt))
 
 
 def test_shared_line_truth_has_no_approximation_gap():
@@ -76,7 +77,7 @@ def test_m2_bounds_split_adds_up_and_the_truth_ties_with_itself():
     assert abs(out["u_star_truth_minus_model"]["mean"]) < 1e-4 and out["n"] == 100
     for who in ("model", "truth"):
         part = out[who]
-        total = part["neg_log_p"]["mean"] + part["approximation_gap"]["mean"] + part["amortisation_gap"]["mean"]
+        total = sum(part[k]["mean"] for k in ("neg_log_p", "approximation_gap", "amortisation_gap"))
         assert part["neg_elbo"]["mean"] == pytest.approx(total, abs=1e-9)
         assert part["amortisation_gap"]["mean"] > 0.1  # an untrained classifier and encoder
     no_truth = m2_bounds(model, bench, x[:10], jax.random.PRNGKey(2), num_samples=10)

@@ -87,7 +87,8 @@ def run_semisupervised_task(spec: dict[str, Any]) -> dict[str, bytes]:
     settings = spec.get("eval", {})
     result, metrics = run_semisupervised(
         spec["fit"], collapse_samples=int(settings.get("collapse_samples", 2000)),
-        per_restart=bool(settings.get("per_restart", True)), bound_points=int(settings.get("bound_points", 500)),
+        per_restart=bool(settings.get("per_restart", True)),
+        bound_points=int(settings.get("bound_points", 500)),
     )
     files = result.to_files()
     files["metrics.json"] = json.dumps(metrics, indent=2).encode()

@@ -75,8 +75,9 @@ def run_semisupervised(
         "config": config.to_dict(),
         "summary": result.summary,
         "test": evaluate_semisupervised(result.model, bench, test, key, collapse_samples=collapse_samples),
-        "bounds": (m2_bounds(result.model, bench, test.x, jax.random.fold_in(key, 1), truth_model=result.truth,
-                             points=bound_points) if config.latent_dim <= 2 else None),
+        "bounds": (m2_bounds(result.model, bench, test.x, jax.random.fold_in(key, 1),
+                             truth_model=result.truth, points=bound_points)
+                   if config.latent_dim <= 2 else None),
     }
     if per_restart:
         rows = []

@@ -176,7 +176,8 @@ def m2_optimal_bound(source: M2 | LabelledBenchmark, x: np.ndarray, *,
         log_pi = np.log(np.asarray(source.class_prior(), np.float64))
         parts = tuple(optimal_bound(_ClassSlice(source, c), xs) for c in range(source.n_classes))
     else:
-        raise ConfigError(f"m2_optimal_bound needs an M2 or a labelled benchmark, got {type(source).__name__}")
+        raise ConfigError("m2_optimal_bound needs an M2 or a labelled benchmark, got "
+                          f"{type(source).__name__}")
     return M2OptimalBound(
         log_joint=np.stack([p.log_p for p in parts], axis=1) + log_pi,
         elbo_star=np.stack([p.elbo_star for p in parts], axis=1) + log_pi,
