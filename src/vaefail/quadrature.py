@@ -49,6 +49,23 @@ def trapezoid_weights(z_grid: np.ndarray) -> np.ndarray:
     return w
 
 
+def normal_trapezoid(points: int, bound: float) -> tuple[np.ndarray, np.ndarray]:
+    """Standard-normal quadrature on ``[-bound, bound]``: ``points`` uniform nodes ``u`` and weights
+    ``w_g`` proportional to the trapezoid weight times ``phi(u_g)``, normalised to sum to 1, so that
+    ``E_{u ~ N(0, 1)}[h(u)] ~ sum_g w_g h(u_g)``."""
+    u = np.linspace(-bound, bound, points)
+    w = trapezoid_weights(u) * np.exp(-0.5 * u**2) / math.sqrt(2 * math.pi)
+    return u, w / w.sum()
+
+
+def product_rule(u1: np.ndarray, w1: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k``-fold product of a 1-D rule ``(u1, w1)``: nodes ``(len(u1)^k, k)`` and weights
+    ``prod_i w1[g_i]`` (in ``itertools.product`` order, the last coordinate fastest)."""
+    u = np.array(list(itertools.product(u1, repeat=k)))
+    w = np.prod(np.array(list(itertools.product(w1, repeat=k))), axis=1)
+    return u, w
+
+
 def check_z_grid(z_grid: Any, quadrature: bool = True) -> np.ndarray:
     """Validate z values: finite 1-D; a quadrature grid must also be strictly increasing, >= 2 points."""
     try:
@@ -79,11 +96,10 @@ def box_grid(
     m = grid_size or (4001 if latent_dim == 1 else 301)
     require(m >= 3, f"grid_size must be >= 3, got {m}")
     axis = np.linspace(-bound, bound, m)
-    w1 = np.full(m, axis[1] - axis[0])
+    w1 = np.full(m, axis[1] - axis[0])  # the uniform grid's trapezoid weights, spacing exactly h
     w1[[0, -1]] *= 0.5
-    nodes = np.array(list(itertools.product(axis, repeat=latent_dim)))
-    log_w = np.log(np.prod(np.array(list(itertools.product(w1, repeat=latent_dim))), axis=1))
-    return nodes, log_w + np.sum(-0.5 * nodes**2 - 0.5 * LOG_2PI, axis=1)
+    nodes, w = product_rule(axis, w1, latent_dim)
+    return nodes, np.log(w) + np.sum(-0.5 * nodes**2 - 0.5 * LOG_2PI, axis=1)
 
 
 def gaussian_log_marginal(

@@ -11,9 +11,13 @@ import numpy as np
 import pytest
 
 import vaefail
-from vaefail.experiments.amortisation import amortisation_study, semi_amortised_finetune
+from vaefail.experiments.amortisation import (
+    amortisation_study,
+    semi_amortised_finetune,
+    truth_optimal_gaussians,
+)
 from vaefail.metrics.optimal import optimal_bound
-from vaefail.models import make_vae
+from vaefail.models import TrueDecoder, make_vae
 
 
 def test_semi_amortised_finetune_keeps_the_linear_truth():
@@ -47,3 +51,23 @@ def test_amortisation_study_runs_on_a_fitted_run():
     warm = out["truth_warm_start"]
     for name in ("moments_then_elbo", "optimum_regressed", "optimum_then_elbo"):
         assert warm[name]["amortisation_gap"]["mean"] > -1e-6
+
+
+@pytest.mark.slow
+def test_truth_optimal_gaussians_at_k2_are_the_grid_optimum():
+    """The true decoder ignores z_2, so its K = 2 optimal mean-field Gaussian is the 1-D optimum times the
+    prior: the K = 2 grid method on the truth embedded in a K = 2 VAE finds the same KL (within its
+    quadrature error) and no better."""
+    bench = vaefail.get_benchmark("quadratic")
+    x = bench.sample(jax.random.PRNGKey(0), 40).x
+    mean, log_std = truth_optimal_gaussians(bench, x, 2)
+    assert np.all(mean[:, 1] == 0.0) and np.all(log_std[:, 1] == 0.0)
+    one_d = optimal_bound(bench, x)
+    np.testing.assert_allclose(mean[:, 0], one_d.mean[:, 0])
+    truth2 = make_vae(1, 2, bench.sigma_eps, key=jax.random.PRNGKey(1),
+                      decoder=TrueDecoder(f_gt=bench.f_gt, true_latent_dim=1))
+    grid = optimal_bound(truth2, x, method="grid", grid_size=801)
+    np.testing.assert_allclose(grid.log_p, one_d.log_p, atol=1e-4)
+    assert np.all(grid.gap > one_d.gap - 2e-3)  # the grid method cannot beat the closed form
+    np.testing.assert_allclose(grid.gap, one_d.gap, atol=0.01)
+    np.testing.assert_allclose(np.abs(grid.mean[:, 0]), np.abs(one_d.mean[:, 0]), atol=0.02)

@@ -148,6 +148,25 @@ def test_claims_in_report_match_claims_json(smoke):
 
 
 @pytest.mark.slow
+def test_optimal_bound_claims_are_formed_and_reported(smoke):
+    """The sigma experiment's ELBO* choice and M2's exact J claim are formed from the smoke tables (with
+    their per-factor / per-part numbers) and shown in the report."""
+    claims = {c["id"]: c for c in json.loads((smoke.out / "claims.json").read_text())}
+    sigma = claims["sigma.figure8.optimal_elbo_prefers_smaller_sigma"]
+    factors = sorted(float(f) for f in smoke.tables["sigma"].sigma_factor)
+    assert sorted(float(k.rsplit("_", 1)[1]) for k in sigma["numbers"] if k.startswith("neg_elbo_star_at_")) \
+        == factors
+    assert sigma["reproduced"] in (True, False) and "ELBO* selects" in sigma["comparison"]
+    assert "sigma.figure8.elbo_prefers_smaller_sigma" in claims
+    exact = [c for c in claims.values() if c["id"].endswith(".vae.mean_field.truth_not_j_optimum_exact")]
+    assert len(exact) == 1 and np.isfinite(exact[0]["numbers"]["neg_u_star"])
+    semi = smoke.tables["semisupervised"]
+    assert semi["u_star_truth_minus_model"].notna().all()
+    md = (smoke.out / "report.md").read_text()
+    assert sigma["id"] in md and exact[0]["id"] in md
+
+
+@pytest.mark.slow
 def test_markdown_references_existing_figures(smoke):
     md = (smoke.out / "report.md").read_text()
     refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)

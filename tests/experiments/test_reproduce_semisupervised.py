@@ -119,6 +119,22 @@ def by_id(claims):
     return {c["id"]: c for c in claims}
 
 
+def test_exact_j_claim_follows_the_optimal_bounds_and_their_noise():
+    """truth_not_j_optimum_exact: U*(truth) - U*(learned) below two paired standard errors (VAE rows only)."""
+    prefix = "semisupervised.semicircle.vae.mean_field."
+    t = semi_table(repeats=1)
+    assert prefix + "truth_not_j_optimum_exact" not in by_id(evaluate_claims({"semisupervised": t}))
+    t["u_star_truth_minus_model"], t["u_star_diff_stderr"], t["neg_u_star"] = -0.05, 0.01, 1.0
+    claims = by_id(evaluate_claims({"semisupervised": t}))
+    claim = claims[prefix + "truth_not_j_optimum_exact"]
+    assert claim["reproduced"] is True and "needs < -0.020" in claim["comparison"]
+    assert claim["numbers"]["neg_u_star"] == 1.0
+    assert "semisupervised.semicircle.iwae.mean_field.truth_not_j_optimum_exact" not in claims
+    t["u_star_diff_stderr"] = 0.03  # within noise: not reproduced
+    claim = by_id(evaluate_claims({"semisupervised": t}))[prefix + "truth_not_j_optimum_exact"]
+    assert claim["reproduced"] is False
+
+
 def test_semisupervised_claims_follow_the_numbers_and_the_noise():
     claims = by_id(evaluate_claims({"semisupervised": semi_table()}))
     prefix = "semisupervised.semicircle."

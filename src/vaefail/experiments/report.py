@@ -88,6 +88,17 @@ COLUMN_HELP: dict[str, str] = {
                              "(the noise floor)",
     "test_j": "M2's objective J on the test split, mean per point (higher is better)",
     "truth_test_j": "J of the ground truth (true decoder, fixed) with its best classifier and encoder",
+    "neg_u": "-U: minus the unlabelled ELBO of the trained classifier and encoder (bounds points)",
+    "neg_u_star": "-U* = -log sum_y exp ELBO*(x, y): the unlabelled bound at the optimal q(y|x) q(z|x,y)",
+    "u_approximation_gap": "log p_theta(x) - U*(x) (non-Gaussian class posteriors)",
+    "u_amortisation_gap": "U*(x) - U(x): what the classifier and encoder networks lose",
+    "truth_neg_u": "the truth's -U with its trained classifier and encoder",
+    "truth_neg_u_star": "the truth's -U* (exact class posteriors, best Gaussian per point and class)",
+    "truth_u_approximation_gap": "the truth's log p_gt(x) - U*(x)",
+    "truth_u_amortisation_gap": "the truth's U*(x) - U(x)",
+    "u_star_truth_minus_model": "U*(truth) - U*(model), paired per point; negative: M2's objective at the "
+                                "optimal encoders prefers the learned decoder",
+    "u_star_diff_stderr": "its standard error within a run (over the bounds points)",
     # digits
     "labels_per_class": "labels revealed per class in the training split (all: every training label)",
     "m2_accuracy": "test accuracy of M2's classifier q(y|x)",

@@ -184,6 +184,17 @@ SEMISUPERVISED_COLUMNS: dict[str, Callable[[dict[str, Any]], float]] = {
     "counterfactual_oracle": lambda r: _get(r, "test", "counterfactual", "error_oracle"),
     "test_j": lambda r: _get(r, "summary", "test_objective"),
     "truth_test_j": lambda r: _get(r, "summary", "truth_test_objective"),
+    # the unlabelled bound at the optimal Gaussian encoders (metrics "bounds", vaefail.semisupervised.optimal)
+    "neg_u": lambda r: _get(r, "bounds", "model", "neg_elbo"),
+    "neg_u_star": lambda r: _get(r, "bounds", "model", "neg_elbo_star"),
+    "u_approximation_gap": lambda r: _get(r, "bounds", "model", "approximation_gap"),
+    "u_amortisation_gap": lambda r: _get(r, "bounds", "model", "amortisation_gap"),
+    "truth_neg_u": lambda r: _get(r, "bounds", "truth", "neg_elbo"),
+    "truth_neg_u_star": lambda r: _get(r, "bounds", "truth", "neg_elbo_star"),
+    "truth_u_approximation_gap": lambda r: _get(r, "bounds", "truth", "approximation_gap"),
+    "truth_u_amortisation_gap": lambda r: _get(r, "bounds", "truth", "amortisation_gap"),
+    "u_star_truth_minus_model": lambda r: _get(r, "bounds", "u_star_truth_minus_model"),
+    "u_star_diff_stderr": lambda r: _get(r, "bounds", "u_star_truth_minus_model", "stderr"),
 }
 
 #: Table columns of digits tasks (``metrics.json`` of :func:`~vaefail.semisupervised.run_digits`, one

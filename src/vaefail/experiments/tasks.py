@@ -75,7 +75,8 @@ def run_fit_task(spec: dict[str, Any]) -> dict[str, bytes]:
 def run_semisupervised_task(spec: dict[str, Any]) -> dict[str, bytes]:
     """Fit M2 (``spec["fit"]``, a :class:`~vaefail.semisupervised.SemiSupervisedConfig`) with the restart
     protocol and evaluate the selected restart; ``eval`` may set ``collapse_samples`` (draws per class of
-    the collapse score, default 2000) and ``per_restart`` (score every restart too, default true).
+    the collapse score, default 2000), ``per_restart`` (score every restart too, default true) and
+    ``bound_points`` (test points of the optimal-encoder bounds, default 500).
 
     ``metrics.json`` is :func:`~vaefail.semisupervised.run_semisupervised`'s record: ``config``,
     ``summary`` (selected restart, test/validation J, the truth's J), ``test`` (every metric) and
@@ -87,6 +88,7 @@ def run_semisupervised_task(spec: dict[str, Any]) -> dict[str, bytes]:
     result, metrics = run_semisupervised(
         spec["fit"], collapse_samples=int(settings.get("collapse_samples", 2000)),
         per_restart=bool(settings.get("per_restart", True)),
+        bound_points=int(settings.get("bound_points", 500)),
     )
     files = result.to_files()
     files["metrics.json"] = json.dumps(metrics, indent=2).encode()

@@ -26,7 +26,7 @@ from vaefail.metrics.curves import curve_distance, passes_through
 from vaefail.metrics.flow import flow_mutual_information, flow_posterior_kl, is_flow, posterior_mean
 from vaefail.metrics.information import mutual_information
 from vaefail.metrics.likelihood import exact_log_likelihood, log_likelihood
-from vaefail.metrics.optimal import BoundDecomposition, OptimalBound, decompose, optimal_bound
+from vaefail.metrics.optimal import BoundDecomposition, OptimalBound, decompose, optimal_bound, optimal_only
 from vaefail.metrics.pareto import KHAT_THRESHOLD
 from vaefail.metrics.posterior import GAP_THRESHOLD, KHat, gaussian_gap, posterior_kl
 from vaefail.metrics.split import elbo_split, truth_comparison
@@ -313,18 +313,9 @@ def _bounds_section(
     return {
         "n": int(m),
         "model": learned.to_dict(),
-        "truth": truth_dec.to_dict() if truth_dec is not None else _optimal_only(truth_opt),
+        "truth": truth_dec.to_dict() if truth_dec is not None else optimal_only(truth_opt),
         "elbo_star_truth_minus_model": diff_dict,
         "truth_is_better": verdict,
-    }
-
-
-def _optimal_only(opt: OptimalBound) -> dict[str, Any]:
-    """The truth's terms that need no encoder: ``-log p``, ``-ELBO*`` and the approximation gap."""
-    return {
-        "method": opt.method, "n": int(opt.log_p.size), "neg_log_p": Estimate.of(-opt.log_p).to_dict(),
-        "neg_elbo": None, "neg_elbo_star": Estimate.of(-opt.elbo_star).to_dict(),
-        "approximation_gap": Estimate.of(opt.gap).to_dict(), "amortisation_gap": None,
     }
 
 

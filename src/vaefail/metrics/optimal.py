@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,8 +53,9 @@ from vaefail.errors import ConfigError, require, unknown_name
 from vaefail.metrics._stats import Estimate, check_per_point, check_x, elbo_per_point, finite
 from vaefail.metrics.information import encode
 from vaefail.metrics.likelihood import decode_np, exact_log_likelihood, log_likelihood, refined_grid_size
-from vaefail.metrics.posterior import gaussian_gap, posterior_kl
+from vaefail.metrics.posterior import gaussian_gap, mode_starts, posterior_kl, second_mode
 from vaefail.models import LOG_2PI, VAE
+from vaefail.quadrature import box_grid, normal_trapezoid, product_rule
 
 METHODS = ("auto", "grid", "svi")
 
@@ -213,12 +215,9 @@ def _grid2_starts(model: VAE, xs: np.ndarray, size: int, bound: float) -> tuple[
     """
     axis = np.linspace(-bound, bound, size)
     h = axis[1] - axis[0]
-    w1 = np.full(size, h)
-    w1[[0, -1]] *= 0.5
-    z1, z2 = np.meshgrid(axis, axis, indexing="ij")
-    grid = np.stack([z1.ravel(), z2.ravel()], axis=1)
-    log_trap = (np.log(w1)[:, None] + np.log(w1)[None, :]).ravel()
+    grid, log_w = box_grid(2, size, bound)  # nodes (i, j) at row i * size + j; log(trapezoid w * prior)
     log_prior = -0.5 * np.sum(grid**2, axis=1) - LOG_2PI
+    log_trap = log_w - log_prior
     means = decode_np(model, grid)
     sigma = float(model.sigma)
     inv_var = 1.0 / sigma**2
@@ -239,7 +238,6 @@ def _grid2_starts(model: VAE, xs: np.ndarray, size: int, bound: float) -> tuple[
         mean = post @ grid
         var = np.maximum(post @ grid**2 - mean**2, h**2)
         lj3 = lj.reshape(-1, size, size)
-        rows = np.arange(xc.shape[0])
         g1 = np.argmax(lj, axis=1)
         s1 = _curvature_2d(lj3, g1, size, h, np.sqrt(var))
         local = _local_max_2d(lj3)
@@ -247,14 +245,10 @@ def _grid2_starts(model: VAE, xs: np.ndarray, size: int, bound: float) -> tuple[
         ii, jj = np.divmod(np.arange(size * size), size)
         dist = np.maximum(np.abs(axis[ii][None] - axis[i1][:, None]) / s1[:, :1],
                           np.abs(axis[jj][None] - axis[j1][:, None]) / s1[:, 1:])
-        other = np.where(local & (dist > 4.0), lj, -np.inf)
-        g2 = np.argmax(other, axis=1)
-        has2 = other[rows, g2] > lj[rows, g1] - 30.0
+        g2, has2 = second_mode(lj, g1, local & (dist > 4.0))
         s2 = _curvature_2d(lj3, g2, size, h, np.sqrt(var))
-        starts[p : p + chunk, 0] = np.concatenate([mean, 0.5 * np.log(var)], axis=1)
-        starts[p : p + chunk, 1] = np.concatenate([grid[g1], np.log(s1)], axis=1)
-        second = np.concatenate([grid[g2], np.log(s2)], axis=1)
-        starts[p : p + chunk, 2] = np.where(has2[:, None], second, starts[p : p + chunk, 1])
+        starts[p : p + chunk] = mode_starts(mean, 0.5 * np.log(var), (grid[g1], np.log(s1)),
+                                            (grid[g2], np.log(s2)), has2)
     return log_p, starts
 
 
@@ -290,10 +284,7 @@ def _hermite(nodes: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Gauss-Hermite (probabilists') product rule for ``E_{u ~ N(0, I_k)}``: nodes ``(nodes^k, k)``,
     weights summing to 1."""
     u1, w1 = np.polynomial.hermite_e.hermegauss(nodes)
-    w1 = w1 / w1.sum()
-    u = np.array(list(itertools.product(u1, repeat=k)))
-    w = np.prod(np.array(list(itertools.product(w1, repeat=k))), axis=1)
-    return u, w
+    return product_rule(u1, w1 / w1.sum(), k)
 
 
 @eqx.filter_jit
@@ -331,43 +322,48 @@ def _adam_gh_chunk(model: VAE, x: jax.Array, init: jax.Array, u: jax.Array, w: j
     return jnp.where((jnp.isfinite(j) & (j > best_j))[:, None], params, best)
 
 
+def _per_row_chunks(fn: Callable[[jax.Array, jax.Array, int], jax.Array], xs: np.ndarray,
+                    params: np.ndarray, chunk: int) -> np.ndarray:
+    """``fn(x_c, params_c, p)`` on chunks of ``chunk`` rows (``p``: the chunk's first row), in float32, the
+    last chunk padded with copies of its first row so every call has one shape (one compilation); the
+    per-row results (first axis) gathered in float64."""
+    size = min(chunk, xs.shape[0])
+    parts = []
+    for p in range(0, xs.shape[0], size):
+        xc, pc = xs[p : p + size], params[p : p + size]
+        rows = xc.shape[0]
+        if rows < size:
+            xc = np.concatenate([xc, np.repeat(xc[:1], size - rows, axis=0)])
+            pc = np.concatenate([pc, np.repeat(pc[:1], size - rows, axis=0)])
+        res = fn(jnp.asarray(xc, jnp.float32), jnp.asarray(pc, jnp.float32), p)
+        parts.append(np.asarray(res, np.float64)[:rows])
+    return np.concatenate(parts)
+
+
+def _optimise_rows(fn: Callable[[jax.Array, jax.Array, int], jax.Array], xs: np.ndarray, init: np.ndarray,
+                   chunk: int) -> np.ndarray:
+    """Per-point optimisation ``fn(x_c, init_c, p) -> optimum_c`` of ``(m, log s)`` rows by
+    :func:`_per_row_chunks`; a row whose optimum is not finite keeps its start."""
+    out = _per_row_chunks(fn, xs, init, chunk)
+    bad = ~np.all(np.isfinite(out), axis=1)
+    out[bad] = init[bad]
+    return out
+
+
 def _adam_gh(model: VAE, xs: np.ndarray, init: np.ndarray, steps: int, nodes: int,
              chunk: int = 512) -> np.ndarray:
     if steps == 0:
         return init.copy()
     u, w = _hermite(nodes, init.shape[1] // 2)
     uj, wj = jnp.asarray(u, jnp.float32), jnp.asarray(w, jnp.float32)
-    out = np.empty_like(init)
-    size = min(chunk, init.shape[0])
-    for p in range(0, init.shape[0], size):
-        xc, ic = xs[p : p + size], init[p : p + size]
-        rows = xc.shape[0]
-        if rows < size:
-            xc = np.concatenate([xc, np.repeat(xc[:1], size - rows, axis=0)])
-            ic = np.concatenate([ic, np.repeat(ic[:1], size - rows, axis=0)])
-        res = _adam_gh_chunk(model, jnp.asarray(xc, jnp.float32), jnp.asarray(ic, jnp.float32), uj, wj, steps)
-        out[p : p + rows] = np.asarray(res, np.float64)[:rows]
-    bad = ~np.all(np.isfinite(out), axis=1)
-    out[bad] = init[bad]
-    return out
-
-
-def _trapezoid_normal(nodes: int, k: int, bound: float = 7.0) -> tuple[np.ndarray, np.ndarray]:
-    """Trapezoid product rule for ``E_{u ~ N(0, I_k)}`` on ``[-bound, bound]^k``: nodes, weights (sum 1)."""
-    u1 = np.linspace(-bound, bound, nodes)
-    w1 = np.exp(-0.5 * u1**2)
-    w1[[0, -1]] *= 0.5
-    w1 /= w1.sum()
-    u = np.array(list(itertools.product(u1, repeat=k)))
-    w = np.prod(np.array(list(itertools.product(w1, repeat=k))), axis=1)
-    return u, w
+    return _optimise_rows(lambda xc, ic, _p: _adam_gh_chunk(model, xc, ic, uj, wj, steps), xs, init, chunk)
 
 
 def _exact_kl_2d(model: VAE, xs: np.ndarray, params: np.ndarray, log_p: np.ndarray, nodes: int) -> np.ndarray:
     """``KL(N(m, diag s^2) || p_theta(z|x))`` per row, trapezoid rule in ``N``'s coordinates, float64:
     ``KL = -H[N] - E_N[log p_theta(x, z)] + log p_theta(x)``."""
     k = params.shape[1] // 2
-    u, w = _trapezoid_normal(nodes, k)
+    u, w = product_rule(*normal_trapezoid(nodes, 7.0), k)  # E over N(0, I_k) on [-7, 7]^k
     sigma = float(model.sigma)
     const = -model.x_dim * (math.log(sigma) + 0.5 * LOG_2PI) - 0.5 * k * LOG_2PI
     out = np.empty(xs.shape[0])
@@ -439,18 +435,11 @@ def _estimate_bound(model: VAE, xs: np.ndarray, params: np.ndarray, key: jax.Arr
     """Monte-Carlo ELBO of each row's Gaussian with ``samples`` draws: mean and variance of the mean."""
     per = 512
     total = np.zeros((2, xs.shape[0]))
-    size = min(chunk, xs.shape[0])
     for c, s0 in enumerate(range(0, samples, per)):
-        s = min(per, samples - s0)
-        for p in range(0, xs.shape[0], size):
-            xc, pc = xs[p : p + size], params[p : p + size]
-            rows = xc.shape[0]
-            if rows < size:
-                xc = np.concatenate([xc, np.repeat(xc[:1], size - rows, axis=0)])
-                pc = np.concatenate([pc, np.repeat(pc[:1], size - rows, axis=0)])
-            res = _bound_moments(model, jnp.asarray(xc, jnp.float32), jnp.asarray(pc, jnp.float32),
-                                 jax.random.fold_in(jax.random.fold_in(key, c), p), s)
-            total[:, p : p + rows] += np.asarray(res, np.float64)[:, :rows]
+        s, k_c = min(per, samples - s0), jax.random.fold_in(key, c)
+        total += _per_row_chunks(
+            lambda xc, pc, p, s=s, k_c=k_c: _bound_moments(model, xc, pc, jax.random.fold_in(k_c, p), s).T,
+            xs, params, chunk).T
     mean = total[0] / samples
     var = np.maximum(total[1] / samples - mean**2, 0.0) / samples
     return mean, var
@@ -493,19 +482,10 @@ def _svi(model: VAE, x: np.ndarray, key: jax.Array, *, steps: int, samples: int,
     starts = [np.concatenate([mu, log_std], axis=1)] + [np.concatenate([z, narrow], axis=1) for z in drawn]
     fitted, scores = [], []
     for i, init in enumerate(starts):
-        out = np.empty_like(init)
-        size = min(chunk, n)
-        for p in range(0, n, size):
-            xc, ic = xs[p : p + size], init[p : p + size]
-            rows = xc.shape[0]
-            if rows < size:
-                xc = np.concatenate([xc, np.repeat(xc[:1], size - rows, axis=0)])
-                ic = np.concatenate([ic, np.repeat(ic[:1], size - rows, axis=0)])
-            res = _svi_chunk(model, jnp.asarray(xc, jnp.float32), jnp.asarray(ic, jnp.float32),
-                             jax.random.fold_in(jax.random.fold_in(k_fit, i), p), steps, samples)
-            out[p : p + rows] = np.asarray(res, np.float64)[:rows]
-        bad = ~np.all(np.isfinite(out), axis=1)
-        out[bad] = init[bad]
+        k_start = jax.random.fold_in(k_fit, i)
+        out = _optimise_rows(
+            lambda xc, ic, p, k_start=k_start: _svi_chunk(model, xc, ic, jax.random.fold_in(k_start, p),
+                                                          steps, samples), xs, init, chunk)
         fitted.append(out)
         scores.append(_estimate_bound(model, xs, out, jax.random.fold_in(k_select, i), max(256, samples))[0])
     best = np.argmax(np.stack(scores), axis=0)
@@ -581,6 +561,16 @@ class BoundDecomposition:
             "approximation_gap": est(self.approximation_gap, mc_star),
             "amortisation_gap": est(self.amortisation_gap, math.hypot(mc_star, mc_elbo)),
         }
+
+
+def optimal_only(opt: OptimalBound) -> dict[str, Any]:
+    """The terms that need no encoder, in :meth:`BoundDecomposition.to_dict`'s form: ``-log p``, ``-ELBO*``
+    and the approximation gap (``neg_elbo`` and ``amortisation_gap`` are None)."""
+    return {
+        "method": opt.method, "n": int(opt.log_p.size), "neg_log_p": Estimate.of(-opt.log_p).to_dict(),
+        "neg_elbo": None, "neg_elbo_star": Estimate.of(-opt.elbo_star).to_dict(),
+        "approximation_gap": Estimate.of(opt.gap).to_dict(), "amortisation_gap": None,
+    }
 
 
 def amortised_elbo(model: VAE, x: np.ndarray, key: jax.Array, *, log_p: np.ndarray | None = None,

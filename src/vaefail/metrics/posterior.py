@@ -28,20 +28,12 @@ from vaefail.metrics.information import encode
 from vaefail.metrics.likelihood import exact_log_likelihood, log_likelihood
 from vaefail.metrics.pareto import KHAT_THRESHOLD
 from vaefail.models import LOG_2PI, VAE
+from vaefail.quadrature import normal_trapezoid, trapezoid_weights
 
 #: Default threshold (nats) on the Gaussian gap above which a point's posterior counts as non-Gaussian.
 #: ``log 2 = 0.69`` is the gap of two equal, well-separated modes; 0.1 nats flags clearly skewed,
 #: truncated or heavily overlapping bimodal posteriors as well.
 GAP_THRESHOLD = 0.1
-
-
-def _u_grid(points: int, bound: float) -> tuple[np.ndarray, np.ndarray]:
-    """Standard-normal quadrature on ``[-bound, bound]``: nodes and trapezoid weights * phi, summing to 1."""
-    u = np.linspace(-bound, bound, points)
-    w = np.full(points, u[1] - u[0])
-    w[[0, -1]] *= 0.5
-    w = w * np.exp(-0.5 * u**2) / math.sqrt(2 * math.pi)
-    return u, w / w.sum()
 
 
 def posterior_kl(
@@ -89,7 +81,7 @@ def posterior_kl(
         log_p_model = exact_log_likelihood(model, xs, grid_size=likelihood_grid_size).per_point
     log_p_model = check_per_point(log_p_model, xs.shape[0], "log_p_model")
     mu, log_std = (a[:, 0] for a in encode(model, xs))
-    u, w = _u_grid(grid_size, bound)
+    u, w = normal_trapezoid(grid_size, bound)
     f = model_curve(model)
     sigma = float(model.sigma)
     const = -model.x_dim * (math.log(sigma) + 0.5 * LOG_2PI)
@@ -275,12 +267,9 @@ def gaussian_gap(
 def _grid_starts(curve: Curve, xs: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``log p(x)`` by the trapezoid rule on ``grid`` and three starting ``(m, log s)`` per point."""
     f = curve.f_np(grid)  # (G, D)
-    dz = np.diff(grid)
-    w = np.zeros_like(grid)
-    w[:-1] += 0.5 * dz
-    w[1:] += 0.5 * dz
+    w = trapezoid_weights(grid)
     log_w = np.log(w)
-    h = float(np.min(dz))
+    h = float(np.min(np.diff(grid)))
     n = xs.shape[0]
     log_p = np.empty(n)
     starts = np.empty((n, 3, 2))
@@ -297,22 +286,38 @@ def _grid_starts(curve: Curve, xs: np.ndarray, grid: np.ndarray) -> tuple[np.nda
         post = np.exp(lj - lp[:, None]) * w  # quadrature masses, sum 1
         mean = post @ grid
         std = np.sqrt(np.maximum(post @ grid**2 - mean**2, h**2))
-        rows = np.arange(xc.shape[0])
         g1 = np.argmax(lj, axis=1)
         s1 = _curvature_width(lj, g1, grid, std)
         # best other local maximum outside +-4 widths of the first
         interior = np.zeros_like(lj, dtype=bool)
         interior[:, 1:-1] = (lj[:, 1:-1] >= lj[:, :-2]) & (lj[:, 1:-1] >= lj[:, 2:])
         far = np.abs(grid[None, :] - grid[g1][:, None]) > 4 * np.maximum(s1, 2 * h)[:, None]
-        other = np.where(interior & far, lj, -np.inf)
-        g2 = np.argmax(other, axis=1)
-        has2 = other[rows, g2] > lj[rows, g1] - 30.0
+        g2, has2 = second_mode(lj, g1, interior & far)
         s2 = _curvature_width(lj, g2, grid, std)
-        starts[p : p + chunk, 0] = np.stack([mean, np.log(std)], axis=1)
-        starts[p : p + chunk, 1] = np.stack([grid[g1], np.log(s1)], axis=1)
-        second = np.stack([grid[g2], np.log(s2)], axis=1)
-        starts[p : p + chunk, 2] = np.where(has2[:, None], second, starts[p : p + chunk, 1])
+        starts[p : p + chunk] = mode_starts(mean[:, None], np.log(std)[:, None],
+                                            (grid[g1][:, None], np.log(s1)[:, None]),
+                                            (grid[g2][:, None], np.log(s2)[:, None]), has2)
     return log_p, starts
+
+
+def second_mode(lj: np.ndarray, g1: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The best other mode of each row of ``lj = log p(x, z_g)`` (shape ``(c, G)``): the highest node among
+    ``candidates`` (local maxima far enough from the top node ``g1``), and whether it is a mode worth a
+    start (within 30 nats of the top)."""
+    rows = np.arange(lj.shape[0])
+    other = np.where(candidates, lj, -np.inf)
+    g2 = np.argmax(other, axis=1)
+    return g2, other[rows, g2] > lj[rows, g1] - 30.0
+
+
+def mode_starts(mean: np.ndarray, log_std: np.ndarray, first: tuple[np.ndarray, np.ndarray],
+                second: tuple[np.ndarray, np.ndarray], has2: np.ndarray) -> np.ndarray:
+    """Three starting Gaussians ``(m, log s)`` per point, shape ``(c, 3, 2K)``: the posterior's moments,
+    the top mode ``first = (m, log s)`` and ``second`` where ``has2`` (else the top mode again); each
+    argument ``(c, K)``."""
+    top = np.concatenate(first, axis=1)
+    other = np.where(has2[:, None], np.concatenate(second, axis=1), top)
+    return np.stack([np.concatenate([mean, log_std], axis=1), top, other], axis=1)
 
 
 def _curvature_width(lj: np.ndarray, g: np.ndarray, grid: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -346,7 +351,7 @@ def _newton(curve: Curve, xs: np.ndarray, init: np.ndarray, steps: int, nodes: i
     """
     if steps == 0:
         return init.copy()
-    u_np, w_np = _u_grid(nodes, 8.0)
+    u_np, w_np = normal_trapezoid(nodes, 8.0)
     u = jnp.asarray(u_np, jnp.float32)
     w = jnp.asarray(w_np, jnp.float32)
     he = jnp.stack([u, u**2 - 1, u**3 - 3 * u, u**4 - 6 * u**2 + 3])  # (4, Q)
@@ -417,7 +422,7 @@ def _exact_kl(
     curve: Curve, xs: np.ndarray, params: np.ndarray, log_p: np.ndarray, nodes: int
 ) -> np.ndarray:
     """``KL(N(m, s^2) || p(z|x))`` per row, trapezoid in ``N``'s coordinates on ``[-8, 8]``, float64."""
-    u, w = _u_grid(nodes, 8.0)
+    u, w = normal_trapezoid(nodes, 8.0)
     m, log_s = params[:, 0], params[:, 1]
     const = -curve.x_dim * (math.log(curve.sigma) + 0.5 * LOG_2PI) - 0.5 * LOG_2PI
     out = np.empty(xs.shape[0])

@@ -15,6 +15,7 @@ from vaefail.semisupervised.config import SemiSupervisedConfig
 from vaefail.semisupervised.data import require_labelled
 from vaefail.semisupervised.family import M2_FAMILY
 from vaefail.semisupervised.metrics import collapse_score, counterfactual_error, evaluate_semisupervised
+from vaefail.semisupervised.optimal import m2_bounds
 from vaefail.stacking import take
 
 
@@ -36,7 +37,7 @@ def fit_semisupervised(
 
 def run_semisupervised(
     config: SemiSupervisedConfig | dict[str, Any], *, progress: bool = False, collapse_samples: int = 2000,
-    per_restart: bool = True,
+    per_restart: bool = True, bound_points: int | None = 500,
 ) -> tuple[FitResult, dict[str, Any]]:
     """Fit M2 on a labelled benchmark and evaluate the selected restart on the test split.
 
@@ -59,7 +60,10 @@ def run_semisupervised(
         ``summary`` (the result's summary: selected restart, test/validation J, the truth's J), ``test``
         (:func:`~vaefail.semisupervised.metrics.evaluate_semisupervised` of the selected model) and, with
         ``per_restart``, ``restarts``: one record per restart with ``start``, ``status``, ``val_objective``,
-        ``test_objective``, ``test_accuracy``, ``collapse_score`` and ``counterfactual_error``.
+        ``test_objective``, ``test_accuracy``, ``collapse_score`` and ``counterfactual_error``; ``bounds``:
+        the unlabelled bound at the optimal Gaussian encoders for the model and the truth, on the first
+        ``bound_points`` test points (:func:`~vaefail.semisupervised.optimal.m2_bounds`; ``None`` for
+        ``K > 2``, where the quadrature it rests on is not available).
     """
     if isinstance(config, dict):
         config = SemiSupervisedConfig.from_dict(config)
@@ -71,6 +75,9 @@ def run_semisupervised(
         "config": config.to_dict(),
         "summary": result.summary,
         "test": evaluate_semisupervised(result.model, bench, test, key, collapse_samples=collapse_samples),
+        "bounds": (m2_bounds(result.model, bench, test.x, jax.random.fold_in(key, 1),
+                             truth_model=result.truth, points=bound_points)
+                   if config.latent_dim <= 2 else None),
     }
     if per_restart:
         rows = []
