@@ -7,7 +7,8 @@ posterior's moments (with the coupling layers at the identity this *is* the mome
 the whole flow to the exact posterior by maximum likelihood on posterior samples
 (:func:`fit_flow_to_posterior`: the forward KL, which covers every mode), then train it on the objective
 with the decoder frozen. The objective's KL is Monte-Carlo
-(:attr:`vaefail.objectives.SampleTerms.kl`); an optional L2 penalty on the decoder
+(:attr:`vaefail.objectives.SampleTerms.kl`) and the ELBO is trained with the path-derivative gradient
+(:class:`PathwiseELBO`); an optional L2 penalty on the decoder
 (:attr:`vaefail.config.FlowConfig.decoder_l2`) is added to the training loss only.
 """
 
@@ -17,6 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,7 +28,7 @@ from vaefail.config import FlowConfig
 from vaefail.flows import FlowEncoder
 from vaefail.mfg import TRUTH_MIN_STEPS, MFGFamily, evaluate_bounds, objective_of, warm_start_encoder
 from vaefail.models import VAE, MLPDecoder, TrueDecoder
-from vaefail.objectives import Objective
+from vaefail.objectives import BoundRecord, Objective, sample_terms
 from vaefail.protocol import truth_with_best_inference
 from vaefail.stacking import stack
 from vaefail.training import optimise
@@ -64,6 +66,37 @@ def _flow_vae(config: FlowConfig, x_dim: int, sigma: float, key: jax.Array, **ex
 
 
 @dataclass(frozen=True)
+class PathwiseELBO:
+    """The flow's ELBO training loss with the path-derivative gradient ("sticking the landing", Roeder, Wu
+    and Duvenaud 2017), a hashable value like :class:`~vaefail.objectives.Objective`.
+
+    The value is ``-(1/n) sum_i (1/S) sum_s [log p_theta(x_i|z_is) + log p(z_is) - log q_phi(z_is|x_i)]``,
+    the Monte-Carlo ELBO of :func:`vaefail.objectives.elbo`, with ``z_is`` the flow's reparameterised
+    samples. In the gradient ``log q`` is evaluated with the flow's parameters held fixed
+    (``log q_{stop(phi)}(z_is(phi)|x_i)``, through the flow's inverse), which drops the score term
+    ``d/dphi log q_phi(z)`` at fixed ``z``: its expectation under ``q`` is zero, so the gradient stays
+    unbiased, and its variance vanishes where ``q = p_theta(z|x)``. With the full estimator that zero-mean
+    term keeps the parameters of a flow that matches a sharply bimodal posterior in a random walk which moves
+    mass between the modes until one is lost (measured on ``quadratic`` with the true decoder: the mean
+    ``KL(q || p(z|x))`` of the forward-KL-fitted flow rose from 0.068 to 0.347 nats in 1,000 ELBO steps).
+    """
+
+    num_samples: int = 1
+
+    def loss(self, model: VAE, x: jax.Array, key: jax.Array) -> tuple[jax.Array, BoundRecord]:
+        """``(-(1/n) sum_i ELBO(x_i), record)``; the gradient is the path derivative (class docstring)."""
+        t = sample_terms(model, x, jax.random.split(key, x.shape[0]), self.num_samples)
+        params, static = eqx.partition(model.encoder, eqx.is_array)
+        fixed = eqx.combine(jax.lax.stop_gradient(params), static)
+        log_q_path = fixed.log_prob_columns(x.T, t.z)  # equal to t.flow_log_q in value
+        rec = jnp.mean(t.log_lik, axis=1)
+        kl = jnp.mean(log_q_path - t.log_prior, axis=1)
+        return -jnp.mean(rec - kl), BoundRecord(reconstruction=rec, kl=kl, bound=rec - kl)
+
+    __call__ = loss
+
+
+@dataclass(frozen=True)
 class DecoderL2:
     """A training loss with an L2 penalty on the decoder, a hashable value like the objective it wraps.
 
@@ -71,7 +104,7 @@ class DecoderL2:
     floating-point array of ``model.decoder`` (weights and biases; a ground-truth decoder has none).
     """
 
-    objective: Objective
+    objective: Objective | PathwiseELBO
     weight: float
 
     def __call__(self, model: VAE, x: jax.Array, key: jax.Array) -> tuple[jax.Array, Any]:
@@ -161,8 +194,12 @@ class FlowFamily(MFGFamily):
         return warm_start_flow(models, benchmark, data.train.x, key, steps=config.init_steps,
                                progress=progress)
 
-    def loss(self, config: FlowConfig) -> Objective | DecoderL2:
+    def loss(self, config: FlowConfig) -> Objective | PathwiseELBO | DecoderL2:
+        """The ELBO with the path-derivative gradient (:class:`PathwiseELBO`) or the IWAE bound, plus the
+        decoder's L2 penalty when ``decoder_l2 > 0``."""
         objective = objective_of(config)
+        if objective.name == "vae":
+            objective = PathwiseELBO(objective.num_samples)
         return DecoderL2(objective, config.decoder_l2) if config.decoder_l2 > 0 else objective
 
     def truth_summary(self, benchmark: Benchmark, data: Splits, config: FlowConfig, key: jax.Array,

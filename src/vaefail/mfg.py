@@ -220,6 +220,7 @@ class MFGFamily(ModelFamily):
     def summary(self, columns: dict[str, np.ndarray], selected: int, benchmark: Benchmark, data: Splits,
                 config: FitConfig) -> dict[str, Any]:
         return {
+            "train_bound": float(columns["train_bound"][selected]),
             "val_bound": float(columns["val_bound"][selected]),
             "test_bound": float(columns["test_bound"][selected]),
             "test_elbo": float(columns["test_elbo"][selected]),

@@ -346,3 +346,71 @@ def test_plot_decoder_curves():
     with pytest.raises(ConfigError):
         plot_decoder_curves(_line_model(), LINE, a, kind="3d")
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------ flow encoders
+def _perturbed_flow_m2(encoder: str, seed: int = 0):
+    """An M2 whose flow is far from its Gaussian base (every encoder array perturbed)."""
+    model = _random_m2(encoder, seed=seed)
+    leaves, tree = jax.tree_util.tree_flatten(model.encoder)
+    keys = iter(jax.random.split(jax.random.PRNGKey(seed + 7), len(leaves)))
+    leaves = [a + 0.3 * jax.random.normal(next(keys), a.shape) if isinstance(a, jax.Array) else a
+              for a in leaves]
+    return eqx.tree_at(lambda m: m.encoder, model, jax.tree_util.tree_unflatten(tree, leaves))
+
+
+@pytest.mark.parametrize("encoder", ["flow", "flow_kingma"])
+def test_flow_families_sample_with_their_exact_density(encoder):
+    model = _perturbed_flow_m2(encoder)
+    x = jnp.asarray(_data(SEMI, 1).x[0], jnp.float32)
+    eps = jax.random.normal(jax.random.PRNGKey(1), (5, 1))
+    z, log_q = model.sample_all(x, eps)
+    assert z.shape == (2, 5, 1) and log_q.shape == (2, 5)
+    inputs = model.encoder_inputs(x)
+    back = model.encoder.log_prob_columns(inputs.T, jnp.moveaxis(z, -1, 0))  # the inverse's density
+    np.testing.assert_allclose(back, log_q, atol=2e-3)
+    same = np.allclose(z[0], z[1])
+    assert same == (encoder == "flow")  # q(z|x) ignores the label; q(z|x, y) does not
+
+
+@pytest.mark.parametrize("encoder", ["flow", "flow_kingma"])
+def test_flow_unlabelled_bound_is_the_joint_latent_elbo(encoder):
+    """U(x) of a flow family equals the joint-latent ELBO E_{q(y|x) q(z|x,y)}[log p(x, y, z) - log q(y|x)
+    - log q(z|x,y)] estimated by sampling y too, with log q(z|x,y) from the flow's inverse."""
+    model = _perturbed_flow_m2(encoder, seed=1)
+    x = jnp.asarray(_data(SEMI, 3).x, jnp.float32)
+    n_draws = 20000
+    rec = m2_terms(model, pack(np.asarray(x), None), jax.random.PRNGKey(0), objective="vae",
+                   num_samples=n_draws, gamma=0.0, alpha=0.0)
+
+    def joint_elbo(xi, key):
+        ky, kz = jax.random.split(key)
+        log_qy = model.class_log_probs(xi)
+        y = jax.random.categorical(ky, log_qy, shape=(n_draws,))
+        inputs = model.encoder_inputs(xi)[y]  # (n, D')
+        z, _ = model.encoder.sample_columns(inputs.T, jax.random.normal(kz, (1, n_draws, 1)))
+        log_qz = model.encoder.log_prob_columns(inputs.T, z)[:, 0]
+        z = z[:, :, 0].T  # (n, K)
+        log_p = (jax.vmap(lambda c, zc: model.log_likelihood(xi, c, zc))(y, z)
+                 + jnp.sum(-0.5 * z**2 - 0.5 * LOG_2PI, axis=1) + jnp.log(0.5))
+        terms = log_p - log_qy[y] - log_qz
+        return jnp.mean(terms), jnp.std(terms) / math.sqrt(n_draws)
+
+    ref, se = jax.jit(jax.vmap(joint_elbo))(x, jax.random.split(jax.random.PRNGKey(1), 3))
+    assert np.all(np.abs(np.asarray(rec.unlabelled) - np.asarray(ref)) < 5 * np.asarray(se) + 2e-3)
+    exact = logsumexp(model_class_log_prob(model, np.asarray(x)) + np.log(0.5), axis=1)
+    assert np.all(np.asarray(rec.unlabelled) < exact)
+    iw = m2_terms(model, pack(np.asarray(x), None), jax.random.PRNGKey(0), objective="iwae",
+                  num_samples=2000, gamma=0.0, alpha=0.0)
+    assert np.all(np.asarray(rec.unlabelled) < np.asarray(iw.unlabelled))
+    assert np.all(np.asarray(iw.unlabelled) < exact + 1e-3)
+
+
+@pytest.mark.parametrize("encoder", ["flow", "flow_kingma"])
+def test_run_semisupervised_with_a_flow_encoder(encoder):
+    config = SemiSupervisedConfig(**{**TINY, "encoder": encoder, "steps": 50, "eval_every": 25})
+    result, metrics = run_semisupervised(config, collapse_samples=200)
+    again, _ = run_semisupervised(config, collapse_samples=200)
+    assert result.summary == again.summary
+    assert np.isfinite(metrics["test"]["counterfactual"]["error"])
+    assert 0 <= metrics["test"]["collapse"]["score"]

@@ -53,7 +53,7 @@ from vaefail.semisupervised.digits import DigitsConfig
 EXPERIMENTS = ("table1", "px", "latent", "sigma", "sweep", "semisupervised", "downstream", "flexible")
 PRESETS = ("quick", "paper", "smoke")
 LABEL_KEYS = ("benchmark", "benchmark_params", "objective", "encoder", "latent_dim", "sigma_mode",
-              "sigma_factor")
+              "sigma_factor", "decoder_l2")
 #: Kinds of configuration and the config keys that label their table rows.
 KIND_LABEL_KEYS: dict[str, tuple[str, ...]] = {
     "fit": LABEL_KEYS,

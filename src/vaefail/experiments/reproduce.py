@@ -125,6 +125,8 @@ COLUMNS: dict[str, Callable[[dict[str, Any]], float]] = {
     "latent_agreement": lambda r: _get(r, "metrics", "failure", "latent_agreement", "spearman_abs"),
     "test_neg_log_prob_true": lambda r: -_get(r, "summary", "test_log_prob_true"),
     "val_neg_elbo": lambda r: -_get(r, "summary", "val_bound"),
+    "train_neg_elbo": lambda r: -_get(r, "summary", "train_bound"),
+    "train_minus_test_bound": lambda r: _get(r, "summary", "train_bound") - _get(r, "summary", "test_bound"),
     # the three-way split of -ELBO (metrics "bounds"; the model's own -ELBO is the plain ELBO)
     "neg_log_p": lambda r: _get(r, "metrics", "bounds", "model", "neg_log_p"),
     "neg_elbo": lambda r: _get(r, "metrics", "bounds", "model", "neg_elbo"),

@@ -123,7 +123,8 @@ def classifier_log_probs(model: M2, x: Any) -> np.ndarray:
 
 
 def encoder_means(model: M2, x: Any, y: Any) -> np.ndarray:
-    """Mean of :math:`q(z \\mid x, y)` (:math:`q(z \\mid x)` for the mean-field family), shape ``(n, K)``."""
+    """Mean of :math:`q(z \\mid x, y)` (:math:`q(z \\mid x)` for the mean-field family), shape ``(n, K)``;
+    for a flow family the Monte-Carlo mean over :data:`FLOW_MEAN_DRAWS` fixed draws."""
     xs = jnp.asarray(check_x(x, model.x_dim), jnp.float32)
     ys = jnp.asarray(np.broadcast_to(np.asarray(y, np.int32), (xs.shape[0],)))
     return np.asarray(_encoder_means(model, xs, ys), np.float64)
@@ -135,9 +136,17 @@ def _class_log_probs(model: M2, x: jax.Array) -> jax.Array:
     return jax.vmap(model.class_log_probs)(x)
 
 
+#: Draws per point of the Monte-Carlo mean of a flow's :math:`q(z \\mid x, y)`.
+FLOW_MEAN_DRAWS = 256
+
+
 @eqx.filter_jit
 def _encoder_means(model: M2, x: jax.Array, y: jax.Array) -> jax.Array:
-    return jax.vmap(lambda xi, yi: model.encode(xi, yi)[0])(x, y)
+    if not model.is_flow:
+        return jax.vmap(lambda xi, yi: model.encode(xi, yi)[0])(x, y)
+    # E_q[z | x, y] of a flow by Monte Carlo (fixed draws: deterministic), not its Gaussian base's mean
+    eps = jax.random.normal(jax.random.PRNGKey(0), (FLOW_MEAN_DRAWS, model.latent_dim), x.dtype)
+    return jax.vmap(lambda xi, yi: jnp.mean(model.sample_all(xi, eps)[0][yi], axis=0))(x, y)
 
 
 def _js(log_p: list[np.ndarray]) -> tuple[float, float]:

@@ -15,6 +15,10 @@ where :math:`f_\\theta` is an MLP on ``[z, onehot(y)]``. The class prior :math:`
   on y.
 - ``"kingma"``: :math:`q_\\phi(y \\mid x)\\, q_\\phi(z \\mid x, y)` with a Gaussian encoder on
   ``[x, onehot(y)]``.
+- ``"flow"`` and ``"flow_kingma"``: the same two factorisations with a conditional normalising-flow
+  :math:`q_\\phi(z \\mid x)` or :math:`q_\\phi(z \\mid x, y)` (:class:`vaefail.flows.FlowEncoder`,
+  :data:`FLOW_LAYERS` rational-quadratic spline layers of :data:`FLOW_BINS` bins on a Gaussian base): does a
+  flexible ``q(z|x)`` alone remove the functional collapse, or only one that sees ``y``?
 
 :math:`q_\\phi(y \\mid x)` is a softmax MLP classifier. Modules act on one data point; the objectives
 vectorise with :func:`jax.vmap`.
@@ -31,10 +35,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from vaefail.errors import require, unknown_name
+from vaefail.flows import FlowEncoder
 from vaefail.models import LOG_2PI, GaussianEncoder, MLPDecoder, get_activation
 
-#: The two variational families of M2.
-ENCODERS = ("mean_field", "kingma")
+#: The variational families of M2.
+ENCODERS = ("mean_field", "kingma", "flow", "flow_kingma")
+#: The families whose ``q(z | x, y)`` sees the label, and those whose ``q(z | ...)`` is a flow.
+SEES_LABEL = ("kingma", "flow_kingma")
+FLOWS = ("flow", "flow_kingma")
+#: Coupling layers and spline bins of the flow families (those of ``reproduce flexible``).
+FLOW_LAYERS = 3
+FLOW_BINS = 16
 
 
 def check_encoder(encoder: str) -> None:
@@ -78,7 +89,8 @@ class M2(eqx.Module):
     classifier
         MLP ``x -> logits`` of :math:`q_\\phi(y \\mid x)`.
     encoder
-        Gaussian encoder on ``x`` (``"mean_field"``) or on ``[x, onehot(y)]`` (``"kingma"``).
+        Gaussian encoder on ``x`` (``"mean_field"``) or on ``[x, onehot(y)]`` (``"kingma"``); a
+        :class:`~vaefail.flows.FlowEncoder` on the same inputs for ``"flow"`` and ``"flow_kingma"``.
     decoder
         :class:`LabelledDecoder` or :class:`TrueLabelledDecoder`.
     log_sigma
@@ -88,7 +100,7 @@ class M2(eqx.Module):
     """
 
     classifier: eqx.nn.MLP
-    encoder: GaussianEncoder
+    encoder: GaussianEncoder | FlowEncoder
     decoder: LabelledDecoder | TrueLabelledDecoder
     log_sigma: jax.Array
     log_prior: jax.Array
@@ -110,12 +122,40 @@ class M2(eqx.Module):
         """:math:`\\log q_\\phi(y \\mid x)` for every class, shape ``(C,)`` (log-softmax of the logits)."""
         return jax.nn.log_softmax(self.classifier(x))
 
+    @property
+    def is_flow(self) -> bool:
+        """Whether :math:`q(z \\mid \\cdot)` is a flow (then :meth:`encode` gives its Gaussian base)."""
+        return self.encoder_family in FLOWS
+
+    def encoder_inputs(self, x: jax.Array) -> jax.Array:
+        """The encoder's input for every class, ``(C, D')``: ``x`` itself, or ``[x, onehot(y)]`` when
+        :math:`q(z \\mid x, y)` sees the label."""
+        xs = jnp.broadcast_to(x, (self.n_classes, x.shape[0]))
+        if self.encoder_family not in SEES_LABEL:
+            return xs
+        return jnp.concatenate([xs, jnp.eye(self.n_classes, dtype=x.dtype)], axis=1)
+
+    def sample_all(self, x: jax.Array, eps: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Reparameterised :math:`z_{cs} \\sim q(z \\mid x, y=c)` and :math:`\\log q(z_{cs} \\mid x, y=c)`
+        for every class ``c`` from the standard normals ``eps`` (``(S, K)``, shared by the classes):
+        ``z`` ``(C, S, K)``, ``log q`` ``(C, S)``. Exact for both the Gaussian and the flow families."""
+        inputs = self.encoder_inputs(x)  # (C, D')
+        if self.is_flow:
+            e = jnp.broadcast_to(eps.T[:, None, :], (self.latent_dim, self.n_classes, eps.shape[0]))
+            z, log_q = self.encoder.sample_columns(inputs.T, e)
+            return jnp.moveaxis(z, 0, -1), log_q
+        mu, log_std = self.encode_all(x)
+        z = mu[:, None, :] + jnp.exp(log_std)[:, None, :] * eps[None]
+        log_q = jnp.sum(-0.5 * eps**2 - 0.5 * LOG_2PI, axis=-1)[None] - jnp.sum(log_std, axis=-1)[:, None]
+        return z, log_q
+
     def encode_all(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Mean and log-std of :math:`q(z \\mid x, y)` for every class, each of shape ``(C, K)``.
+        """Mean and log-std of :math:`q(z \\mid x, y)` for every class, each of shape ``(C, K)`` (for the
+        flow families, of the flow's Gaussian base).
 
         For ``"mean_field"`` all rows are equal (:math:`q(z \\mid x)`); the encoder is evaluated once.
         """
-        if self.encoder_family == "mean_field":
+        if self.encoder_family not in SEES_LABEL:
             mu, log_std = self.encoder(x)
             return (jnp.broadcast_to(mu, (self.n_classes, self.latent_dim)),
                     jnp.broadcast_to(log_std, (self.n_classes, self.latent_dim)))
@@ -124,8 +164,9 @@ class M2(eqx.Module):
         return jax.vmap(self.encoder)(inputs)
 
     def encode(self, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Mean and log-std of :math:`q(z \\mid x, y)` (of :math:`q(z \\mid x)` for ``"mean_field"``)."""
-        if self.encoder_family == "mean_field":
+        """Mean and log-std of :math:`q(z \\mid x, y)` (of :math:`q(z \\mid x)` for ``"mean_field"``; of
+        the flow's Gaussian base for the flow families)."""
+        if self.encoder_family not in SEES_LABEL:
             return self.encoder(x)
         return self.encoder(jnp.concatenate([x, jax.nn.one_hot(y, self.n_classes, dtype=x.dtype)]))
 
@@ -165,7 +206,8 @@ def make_m2(
     key
         PRNG key for the weights.
     encoder
-        ``"mean_field"`` (:math:`q(y|x) q(z|x)`) or ``"kingma"`` (:math:`q(y|x) q(z|x,y)`).
+        ``"mean_field"`` (:math:`q(y|x) q(z|x)`), ``"kingma"`` (:math:`q(y|x) q(z|x,y)`), or ``"flow"`` /
+        ``"flow_kingma"`` (the same with a flow for :math:`q(z|\\cdot)`).
     class_prior
         Class probabilities :math:`\\pi` (default uniform).
     width, depth, activation
@@ -188,14 +230,16 @@ def make_m2(
         f"class_prior must be {n_classes} positive probabilities summing to 1, got {class_prior!r}",
     )
     k_cls, k_enc, k_dec = jax.random.split(key, 3)
-    enc_in = x_dim + (n_classes if encoder == "kingma" else 0)
+    enc_in = x_dim + (n_classes if encoder in SEES_LABEL else 0)
     if decoder is None:
         decoder = LabelledDecoder(latent_dim, n_classes, x_dim, width, depth, activation, key=k_dec)
     return M2(
         classifier=eqx.nn.MLP(
             x_dim, n_classes, width, depth, activation=get_activation(activation), key=k_cls
         ),
-        encoder=GaussianEncoder(enc_in, latent_dim, width, depth, activation, key=k_enc),
+        encoder=(FlowEncoder(enc_in, latent_dim, width, depth, activation, layers=FLOW_LAYERS,
+                             bins=FLOW_BINS, key=k_enc) if encoder in FLOWS
+                 else GaussianEncoder(enc_in, latent_dim, width, depth, activation, key=k_enc)),
         decoder=decoder,
         log_sigma=jnp.asarray(math.log(sigma_eps), dtype=jnp.float32),
         log_prior=jnp.asarray(np.log(prior), dtype=jnp.float32),

@@ -128,14 +128,27 @@ def unpack(data: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
 def _point_class_bounds(
     model: M2, x: jax.Array, key: jax.Array, objective: str, num_samples: int
 ) -> jax.Array:
-    """:math:`\\mathcal L(x, c)` (VAE) or :math:`\\mathcal L_S(x, c)` (IWAE) for all classes, ``(C,)``."""
+    """:math:`\\mathcal L(x, c)` (VAE) or :math:`\\mathcal L_S(x, c)` (IWAE) for all classes, ``(C,)``.
+
+    For a flow :math:`q(z \\mid \\cdot)` the VAE bound's KL is Monte-Carlo on the same samples,
+    :math:`(1/S) \\sum_s [\\log p_\\theta(x|c, z_s) + \\log p(z_s) - \\log q(z_s|x, c)]`, and the IWAE
+    bound uses the flow's exact :math:`\\log q`."""
+    classes = jnp.arange(model.n_classes)
+
+    def log_lik_of(z: jax.Array) -> jax.Array:  # (C, S, K) -> (C, S)
+        return jax.vmap(lambda c, zc: jax.vmap(lambda zs: model.log_likelihood(x, c, zs))(zc))(classes, z)
+
+    if model.is_flow:
+        eps = jax.random.normal(key, (num_samples, model.latent_dim), dtype=x.dtype)
+        z, log_q = model.sample_all(x, eps)
+        log_w = log_lik_of(z) + jnp.sum(-0.5 * z**2 - 0.5 * LOG_2PI, axis=-1) - log_q
+        if objective == "vae":
+            return jnp.mean(log_w, axis=1) + model.class_log_prior()
+        return logsumexp(log_w, axis=1) - jnp.log(num_samples) + model.class_log_prior()
     mu, log_std = model.encode_all(x)  # (C, K)
     eps = jax.random.normal(key, (num_samples, model.latent_dim), dtype=mu.dtype)
     z = mu[:, None, :] + jnp.exp(log_std)[:, None, :] * eps[None]  # (C, S, K)
-    classes = jnp.arange(model.n_classes)
-    log_lik = jax.vmap(
-        lambda c, zc: jax.vmap(lambda zs: model.log_likelihood(x, c, zs))(zc)
-    )(classes, z)  # (C, S)
+    log_lik = log_lik_of(z)  # (C, S)
     if objective == "vae":
         bound = jnp.mean(log_lik, axis=1) - gaussian_kl_to_standard(mu, log_std)
     else:
