@@ -190,7 +190,7 @@ def test_diagnose_runs_end_to_end_on_digits(tmp_path):
         path,
         "--drop-constant",
         "--latent-dims",
-        "2",
+        "1",
         "--sigma",
         "0.5",
         "--restarts",

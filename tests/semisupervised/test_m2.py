@@ -298,7 +298,7 @@ def test_evaluate_semisupervised_on_the_truth():
 # ------------------------------------------------------------------------------------------ config & protocol
 def test_config_validation():
     with pytest.raises(UnknownNameError):
-        SemiSupervisedConfig(encoder="flow")
+        SemiSupervisedConfig(encoder="realnvp")
     with pytest.raises(UnknownNameError):
         SemiSupervisedConfig(objective="elbo")
     for bad in ({"gamma": -1.0}, {"alpha": math.nan}, {"labelled_fraction": 1.5}, {"restarts": 0},
