@@ -53,7 +53,7 @@ from vaefail.errors import ConfigError, require, unknown_name
 from vaefail.metrics._stats import Estimate, check_per_point, check_x, elbo_per_point, finite
 from vaefail.metrics.information import encode
 from vaefail.metrics.likelihood import decode_np, exact_log_likelihood, log_likelihood, refined_grid_size
-from vaefail.metrics.posterior import gaussian_gap, mode_starts, posterior_kl, second_mode
+from vaefail.metrics.posterior import best_of_starts, gaussian_gap, mode_starts, posterior_kl, second_mode
 from vaefail.models import LOG_2PI, VAE
 from vaefail.quadrature import box_grid, normal_trapezoid, product_rule
 
@@ -185,20 +185,12 @@ def _grid2(
     require(grid_size >= 11 and nodes >= 2 and eval_nodes >= 3 and steps >= 0, "bad K = 2 grid settings")
     lp_grid, starts = _grid2_starts(model, xs, grid_size, bound)
     lp = lp_grid if log_p is None else check_per_point(log_p, n, "log_p")
-    n_starts = starts.shape[1]
-    rows_x = np.repeat(xs, n_starts, axis=0)
-    init = starts.reshape(-1, 4)
-    opt = _adam_gh(model, rows_x, init, steps, nodes)
-    cand = np.concatenate([init, opt])
-    kl = _exact_kl_2d(model, np.concatenate([rows_x, rows_x]), cand, np.tile(np.repeat(lp, n_starts), 2),
-                      eval_nodes)
-    kl = kl.reshape(2, n, n_starts).transpose(1, 0, 2).reshape(n, 2 * n_starts)
-    cand = cand.reshape(2, n, n_starts, 4).transpose(1, 0, 2, 3).reshape(n, 2 * n_starts, 4)
-    kl = np.where(np.isfinite(kl), kl, np.inf)
-    best = np.argmin(kl, axis=1)
-    chosen = cand[np.arange(n), best]
+    kl, chosen = best_of_starts(
+        xs, starts, lp, lambda rx, init: _adam_gh(model, rx, init, steps, nodes),
+        lambda rx, cand, lp_rows: _exact_kl_2d(model, rx, cand, lp_rows, eval_nodes),
+    )
     return OptimalBound(
-        log_p=lp, elbo_star=lp - kl[np.arange(n), best], mc_var=np.zeros(n), mean=chosen[:, :2],
+        log_p=lp, elbo_star=lp - kl, mc_var=np.zeros(n), mean=chosen[:, :2],
         std=np.exp(chosen[:, 2:]),
         method=f"grid (K = 2, {grid_size}^2 posterior grid, Adam x {steps} on {nodes}^2 Gauss-Hermite, "
         f"exact KL on {eval_nodes}^2)",

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -246,20 +247,12 @@ def gaussian_gap(
     if grid.ndim != 1 or grid.size < 3 or not np.all(np.diff(grid) > 0):
         raise DataError("z_grid must be an increasing 1-D grid of at least 3 points")
     log_p, starts = _grid_starts(curve, xs, grid)  # starts: (n, n_starts, 2) of (m, log s)
-    n, n_starts, _ = starts.shape
-    rows_x = np.repeat(xs, n_starts, axis=0)
-    init = starts.reshape(-1, 2)
-    optimised = _newton(curve, rows_x, init, newton_steps, newton_nodes)
-    candidates = np.concatenate([init, optimised])  # (2 n n_starts, 2)
-    log_p_rows = np.tile(np.repeat(log_p, n_starts), 2)
-    kl = _exact_kl(curve, np.concatenate([rows_x, rows_x]), candidates, log_p_rows, eval_nodes)
-    kl = kl.reshape(2, n, n_starts).transpose(1, 0, 2).reshape(n, 2 * n_starts)
-    cand = candidates.reshape(2, n, n_starts, 2).transpose(1, 0, 2, 3).reshape(n, 2 * n_starts, 2)
-    kl = np.where(np.isfinite(kl), kl, np.inf)
-    best = np.argmin(kl, axis=1)
-    chosen = cand[np.arange(n), best]
+    kl, chosen = best_of_starts(
+        xs, starts, log_p, lambda rx, init: _newton(curve, rx, init, newton_steps, newton_nodes),
+        lambda rx, cand, lp: _exact_kl(curve, rx, cand, lp, eval_nodes),
+    )
     return GaussianGap(
-        per_point=kl[np.arange(n), best], mean=chosen[:, 0], std=np.exp(chosen[:, 1]), log_p=log_p,
+        per_point=kl, mean=chosen[:, 0], std=np.exp(chosen[:, 1]), log_p=log_p,
         threshold=threshold,
     )
 
@@ -298,6 +291,30 @@ def _grid_starts(curve: Curve, xs: np.ndarray, grid: np.ndarray) -> tuple[np.nda
                                             (grid[g1][:, None], np.log(s1)[:, None]),
                                             (grid[g2][:, None], np.log(s2)[:, None]), has2)
     return log_p, starts
+
+
+def best_of_starts(
+    xs: np.ndarray, starts: np.ndarray, log_p: np.ndarray,
+    optimise: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    exact_kl: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per point, the Gaussian with the smallest exact ``KL(q || p(z|x))`` among its starts and their optima.
+
+    ``starts`` is ``(n, n_starts, P)`` Gaussian parameters; ``optimise(rows_x, init)`` returns the optimised
+    ``(n * n_starts, P)`` parameters of the rows ``rows_x = repeat(xs, n_starts)``; ``exact_kl(rows_x, params,
+    log_p_rows)`` the exact KL per row. A non-finite KL never wins. Returns ``(kl, params)``: the minimum
+    KL per point ``(n,)`` and the parameters that reach it ``(n, P)``.
+    """
+    n, n_starts, n_par = starts.shape
+    rows_x = np.repeat(xs, n_starts, axis=0)
+    init = starts.reshape(-1, n_par)
+    cand = np.concatenate([init, optimise(rows_x, init)])
+    kl = exact_kl(np.concatenate([rows_x, rows_x]), cand, np.tile(np.repeat(log_p, n_starts), 2))
+    kl = kl.reshape(2, n, n_starts).transpose(1, 0, 2).reshape(n, 2 * n_starts)
+    cand = cand.reshape(2, n, n_starts, n_par).transpose(1, 0, 2, 3).reshape(n, 2 * n_starts, n_par)
+    kl = np.where(np.isfinite(kl), kl, np.inf)
+    best = np.argmin(kl, axis=1)
+    return kl[np.arange(n), best], cand[np.arange(n), best]
 
 
 def second_mode(lj: np.ndarray, g1: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
