@@ -113,6 +113,23 @@ def test_k2_quadrature_grid_is_refined_until_log_p_settles():
     assert np.max(np.abs(coarse - exact)) > 0.05
 
 
+@pytest.mark.parametrize("slope", [3.0, 30.0])
+def test_k2_grid_method_reuses_the_refinement_and_matches_the_refined_size(slope):
+    """optimal_bound's own grid refinement (one posterior grid at the finest size, shared by the refinement
+    and the starts) gives exactly what the refined size passed explicitly gives: the same size, log p and
+    gap. tanh(3 z) settles before the finest grid; tanh(30 z) at sigma 0.01 does not (the shared path)."""
+    sharp = make_vae(1, 2, 0.05 if slope == 3.0 else 0.01, key=jax.random.PRNGKey(0),
+                     decoder=TrueDecoder(f_gt=lambda z: jax.numpy.tanh(slope * z), true_latent_dim=1))
+    xs = np.linspace(-0.9, 0.9, 12)[:, None]
+    size, change = refined_grid_size(sharp, xs)
+    assert (size < 1201) == (slope == 3.0)
+    given = optimal_bound(sharp, xs, method="grid", grid_size=size, steps=20)
+    own = optimal_bound(sharp, xs, method="grid", steps=20)
+    assert own.method == given.method and f"{size}^2 posterior grid" in own.method
+    np.testing.assert_array_equal(own.log_p, given.log_p)
+    np.testing.assert_array_equal(own.gap, given.gap)
+
+
 def test_learned_k1_model_decomposition_adds_up():
     bench = get_benchmark("figure8")
     model = embedded(bench, 1, key=5)  # true decoder, untrained encoder: a large amortisation gap

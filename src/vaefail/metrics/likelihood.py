@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import equinox as eqx
@@ -276,21 +276,34 @@ def exact_log_likelihood(
         return LogLikelihood(per_point=out, ess=np.full(len(out), np.nan), num_samples=None,
                              grid=f"{m}^{k} nodes on [-{bound:g}, {bound:g}]^{k}", grid_size=m)
     require(tol > 0, f"tol must be > 0, got {tol}")
-    prev = _quadrature(model, xn, GRID_SIZES_2D[0], bound, point_chunk)
-    size, change = GRID_SIZES_2D[-1], math.inf
-    for coarse, fine in itertools.pairwise(GRID_SIZES_2D):
-        nxt = _quadrature(model, xn, fine, bound, point_chunk)
-        change = float(np.max(np.abs(nxt - prev)))
-        if change < tol:
-            size = coarse
-            break
-        prev = nxt
+    size, prev, change = refine_grid(lambda m: _quadrature(model, xn, m, bound, point_chunk), tol)
     return LogLikelihood(
         per_point=prev, ess=np.full(len(prev), np.nan), num_samples=None,
         grid=f"{size}^2 nodes on [-{bound:g}, {bound:g}]^2; largest per-point change against the next "
         f"grid {change:.2g} nats" + ("" if change < tol else f" (above the tolerance {tol:g})"),
         grid_size=size, grid_change=change,
     )
+
+
+def refine_grid(
+    log_p_at: Callable[[int], np.ndarray], tol: float = GRID_TOL
+) -> tuple[int, np.ndarray, float]:
+    """The ``K = 2`` grid refinement of :func:`exact_log_likelihood` for any ``log_p_at(size)`` (per-point
+    ``log p_theta(x_i)`` on a ``size^2`` grid, called once per size of :data:`GRID_SIZES_2D`, coarsest first,
+    until two consecutive sizes agree within ``tol`` nats at every point).
+
+    Returns ``(size, log_p, change)``: the coarser size of the first pair that agrees (else the finest), its
+    values and the largest per-point change against the next finer size (``inf`` if none was computed).
+    """
+    prev = log_p_at(GRID_SIZES_2D[0])
+    change = math.inf
+    for coarse, fine in itertools.pairwise(GRID_SIZES_2D):
+        nxt = log_p_at(fine)
+        change = float(np.max(np.abs(nxt - prev)))
+        if change < tol:
+            return coarse, prev, change
+        prev = nxt
+    return GRID_SIZES_2D[-1], prev, change
 
 
 def refined_grid_size(

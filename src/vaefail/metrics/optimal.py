@@ -52,7 +52,13 @@ from scipy.special import logsumexp
 from vaefail.errors import ConfigError, require, unknown_name
 from vaefail.metrics._stats import Estimate, check_per_point, check_x, elbo_per_point, finite
 from vaefail.metrics.information import encode
-from vaefail.metrics.likelihood import decode_np, exact_log_likelihood, log_likelihood, refined_grid_size
+from vaefail.metrics.likelihood import (
+    GRID_SIZES_2D,
+    decode_np,
+    exact_log_likelihood,
+    log_likelihood,
+    refine_grid,
+)
 from vaefail.metrics.posterior import best_of_starts, gaussian_gap, mode_starts, posterior_kl, second_mode
 from vaefail.models import LOG_2PI, VAE
 from vaefail.quadrature import box_grid, normal_trapezoid, product_rule
@@ -139,7 +145,8 @@ def optimal_bound(
     log_p
         Precomputed exact ``log p_theta(x_i)`` (``K <= 2``) to reuse.
     grid_size
-        Nodes per axis of the ``K = 2`` posterior grid (default: :func:`refined_grid_size`'s choice).
+        Nodes per axis of the ``K = 2`` posterior grid (default: the size
+        :func:`~vaefail.metrics.likelihood.refined_grid_size` chooses for the first 200 points).
     steps, nodes, eval_nodes
         ``K = 2``: Adam steps, Gauss-Hermite nodes per axis of the optimised bound, trapezoid nodes per
         axis of the exact KL.
@@ -180,10 +187,21 @@ def _grid2(
 ) -> OptimalBound:
     xs = check_x(x, model.x_dim)
     n = xs.shape[0]
+    found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     if grid_size is None:
-        grid_size, _ = refined_grid_size(model, xs[: min(n, 200)])
+        # the refinement of exact_log_likelihood on the first 200 points; at the finest size the posterior
+        # grid of every point is computed once, for the refinement's log p and for the starts
+        m = min(n, 200)
+
+        def log_p_at(size: int) -> np.ndarray:
+            if size != GRID_SIZES_2D[-1]:
+                return exact_log_likelihood(model, xs[:m], grid_size=size, bound=bound).per_point
+            found[size] = _grid2_starts(model, xs, size, bound)
+            return found[size][0][:m]
+
+        grid_size, _, _ = refine_grid(log_p_at)
     require(grid_size >= 11 and nodes >= 2 and eval_nodes >= 3 and steps >= 0, "bad K = 2 grid settings")
-    lp_grid, starts = _grid2_starts(model, xs, grid_size, bound)
+    lp_grid, starts = found[grid_size] if grid_size in found else _grid2_starts(model, xs, grid_size, bound)
     lp = lp_grid if log_p is None else check_per_point(log_p, n, "log_p")
     kl, chosen = best_of_starts(
         xs, starts, lp, lambda rx, init: _adam_gh(model, rx, init, steps, nodes),
