@@ -6,14 +6,15 @@ Usage: ``python benchmarks/run.py [--repeats R] [--reproduce all:quick "table1:p
 Rows (each the median of ``--repeats`` runs, on figure8 data). The headline column is the ratio against the
 *strongest peer*: the fastest PyTorch setting measured for the row.
 
-- restart-steps per second of the fused training loop, 10 restarts at batch 100, for the VAE, the IWAE
-  (S = 10, 20, 50) and the spline-flow encoder (ELBO, Monte-Carlo KL), K = 1 and 3. Strongest peer
-  (``benchmarks/torch_peer.py``): the restarts batched as stacked weights (``torch.baddbmm``) with a fused
-  Adam, at each ``--threads`` setting, and with ``torch.compile`` of the loss for the VAE and IWAE S = 20
-  rows (``--no-compile`` leaves it out). Eager baseline: ``benchmarks/torch_baseline.py`` (one
-  ``nn.Module``, the restarts one after another in a Python loop); for the flow, the peer's code one
-  restart at a time. Both need the ``bench`` extra (``pip install -e '.[bench]'``); without it the torch
-  columns are empty.
+- restart-steps per second of the fused training loop, 10 restarts at batch 100, for the VAE, the IWAE (S =
+  10, 20, 50) and the spline-flow encoder (the loss ``fit --encoder flow`` trains: the ELBO with a
+  Monte-Carlo KL and the path-derivative gradient, ``vaefail.flowvae.PathwiseELBO``), K = 1 and 3. Strongest
+  peer (``benchmarks/torch_peer.py``): the restarts batched as stacked weights (``torch.baddbmm``) with a
+  fused Adam, at each ``--threads`` setting, and with ``torch.compile`` of the loss for the VAE and IWAE S =
+  20 rows (``--no-compile`` leaves it out). Eager baseline: ``benchmarks/torch_baseline.py`` (one
+  ``nn.Module``, the restarts one after another in a Python loop); for the flow, the peer's code one restart
+  at a time. Both need the ``bench`` extra (``pip install -e '.[bench]'``); without it the torch columns are
+  empty.
 - wall time of ``vaefail.fit`` (10 restarts, the default protocol and stopping rule) on figure8, VAE and
   IWAE S = 20;
 - the importance-sampled log-likelihood (5,000 samples per point): points per second and peak memory;
@@ -230,7 +231,7 @@ def main() -> None:
     for row in rows:
         objective, samples, k, encoder = row
         peer, eager = ({}, {}) if base is None else _torch_rows(base, row, x, threads, args)
-        name = "flow (spline, 2 layers)" if encoder == "flow" else f"{objective} S={samples}"
+        name = "flow (spline, 2 layers, path-derivative)" if encoder == "flow" else f"{objective} S={samples}"
         table.add_row("10 restarts, batch 100", name, str(k), f"{ours[row]:,.0f}",
                       *_compare(ours[row], peer, eager, "{:,.0f}"), "restart-steps/s")
     for cells in other_rows:

@@ -23,18 +23,23 @@ def restart_steps_per_second(objective: str, samples: int, latent_dim: int, rest
     (the first compiles). The restarts are split across the process's CPU devices (one per core by
     default, ``$VAEFAIL_CPU_DEVICES``), as in ``vaefail.fit``; on one device ``group`` of them are vmapped
     at a time (``optimise``'s default when ``None``). ``encoder="flow"``: the flow family's models
-    (``FlowFamily.init`` with the ``FlowConfig`` defaults: 2 spline coupling layers of 8 bins)."""
+    (``FlowFamily.init`` with the ``FlowConfig`` defaults: 2 spline coupling layers of 8 bins) trained on
+    the loss ``vaefail fit --encoder flow`` trains, ``FlowFamily.loss`` (for ``objective="vae"`` the ELBO with
+    the path-derivative gradient, :class:`vaefail.flowvae.PathwiseELBO`)."""
     bench = get_benchmark("figure8")
     keys = list(jax.random.split(jax.random.PRNGKey(0), restarts))
     if encoder == "flow":
-        models = FLOW.init(FlowConfig(restarts=restarts, latent_dim=latent_dim), bench, keys)
+        config = FlowConfig(restarts=restarts, latent_dim=latent_dim, objective=objective,
+                            num_samples=samples)
+        models, loss = FLOW.init(config, bench, keys), FLOW.loss(config)
     else:
         models = init_models(FitConfig(restarts=restarts, latent_dim=latent_dim), bench, keys)
+        loss = loss_fn(objective, samples)
     x = jnp.asarray(bench.sample(jax.random.PRNGKey(1), 5000).x, jnp.float32)
 
     def go(n):
         t = time.perf_counter()
-        out = optimise(models, loss_fn(objective, samples), x, jax.random.PRNGKey(2), steps=n,
+        out = optimise(models, loss, x, jax.random.PRNGKey(2), steps=n,
                        batch_size=batch, learning_rate=1e-3, eval_every=n, group=group, progress=False)
         jax.block_until_ready(out.model)
         return time.perf_counter() - t

@@ -14,8 +14,9 @@ This module is what a careful peer writes for the same computation:
 - **Models**: the MFG-VAE (ELBO with analytic KL, one sample), the IWAE bound (``S`` samples, standard
   reparameterised gradient) and the flow encoder of :mod:`vaefail.flows` (Gaussian base from an MLP, then
   conditional rational-quadratic-spline coupling layers, ELBO with the Monte-Carlo KL
-  ``(1/S) sum_s [log p(x|z_s) + log p(z_s) - log q(z_s|x)]``), all with vaefail's default 2 x 50 leaky-ReLU
-  networks and figure8's ``sigma_eps``.
+  ``(1/S) sum_s [log p(x|z_s) + log p(z_s) - log q(z_s|x)]`` and, as ``vaefail fit --encoder flow``, the
+  path-derivative gradient: ``log q`` through the flow's inverse with its parameters detached), all with
+  vaefail's default 2 x 50 leaky-ReLU networks and figure8's ``sigma_eps``.
 - ``compile=True`` wraps the loss (forward and backward) in ``torch.compile``.
 - :func:`batched_log_likelihood`: the importance-sampled ``log p(x)`` in chunks of points x samples, one
   pass per chunk (against ``loglik_baseline``'s per-datapoint loop).
@@ -108,11 +109,12 @@ def _knots(raw: torch.Tensor, bound: float) -> tuple[torch.Tensor, torch.Tensor]
     return knots[..., 1:] - knots[..., :-1], knots
 
 
-def rational_quadratic_spline(v: torch.Tensor, params: torch.Tensor,
-                              bound: float = SPLINE_BOUND) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward monotone rational-quadratic spline of each element of ``v`` and ``log |dy/dv|``: the formula
-    of :func:`vaefail.flows.rational_quadratic_spline` (Durkan et al. 2019), identity outside ``[-B, B]``;
-    ``params`` has shape ``v.shape + (3 bins - 1,)``."""
+def rational_quadratic_spline(v: torch.Tensor, params: torch.Tensor, bound: float = SPLINE_BOUND, *,
+                              inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Monotone rational-quadratic spline of each element of ``v`` and ``log |dy/dv|``: the formula of
+    :func:`vaefail.flows.rational_quadratic_spline` (Durkan et al. 2019), identity outside ``[-B, B]``;
+    ``params`` has shape ``v.shape + (3 bins - 1,)``. ``inverse=True``: the inverse (the root of the same
+    quadratic in ``xi``) and ``log |dv/dy|``."""
     bins = (params.shape[-1] + 1) // 3
     widths, xk = _knots(params[..., :bins], bound)
     heights, yk = _knots(params[..., bins : 2 * bins], bound)
@@ -121,19 +123,29 @@ def rational_quadratic_spline(v: torch.Tensor, params: torch.Tensor,
     deriv = torch.cat([ones, d_inner, ones], dim=-1)
     inside = (v > -bound) & (v < bound)
     vc = v.clamp(-bound, bound)
-    k = (vc.unsqueeze(-1) >= xk[..., 1:-1]).sum(-1).clamp(0, bins - 1).unsqueeze(-1)
+    search = yk if inverse else xk
+    k = (vc.unsqueeze(-1) >= search[..., 1:-1]).sum(-1).clamp(0, bins - 1).unsqueeze(-1)
 
     def pick(a: torch.Tensor) -> torch.Tensor:
         return torch.gather(a, -1, k).squeeze(-1)
 
     x0, w, y0, h, d0, d1 = pick(xk), pick(widths), pick(yk), pick(heights), pick(deriv), pick(deriv[..., 1:])
     s = h / w
-    xi = (vc - x0) / w
+    c2 = d1 + d0 - 2.0 * s
+    if inverse:
+        dy = vc - y0
+        a, b, c = h * (s - d0) + dy * c2, h * d0 - dy * c2, -s * dy
+        xi = (2.0 * c / (-b - (b**2 - 4.0 * a * c).clamp_min(0.0).sqrt())).clamp(0.0, 1.0)
+        out = x0 + xi * w
+    else:
+        xi = (vc - x0) / w
     t = xi * (1.0 - xi)
-    denom = s + (d1 + d0 - 2.0 * s) * t
-    out = y0 + h * (s * xi**2 + d0 * t) / denom
+    denom = s + c2 * t
+    if not inverse:
+        out = y0 + h * (s * xi**2 + d0 * t) / denom
     log_deriv = 2.0 * s.log() + (d1 * xi**2 + 2.0 * s * t + d0 * (1.0 - xi) ** 2).log() - 2.0 * denom.log()
-    return torch.where(inside, out, v), torch.where(inside, log_deriv, torch.zeros_like(log_deriv))
+    log_deriv = torch.where(inside, log_deriv, torch.zeros_like(log_deriv))
+    return torch.where(inside, out, v), -log_deriv if inverse else log_deriv
 
 
 def coupling_partition(latent_dim: int, layer: int) -> tuple[list[int], list[int]]:
@@ -145,35 +157,69 @@ def coupling_partition(latent_dim: int, layer: int) -> tuple[list[int], list[int
     return [i for i in range(latent_dim) if i not in b], b
 
 
+def _coupling(p: dict[str, torch.Tensor], x: torch.Tensor, u: list[torch.Tensor], layer: int,
+              inverse: bool) -> torch.Tensor:
+    """Coupling layer ``layer`` (or its inverse) applied in place to ``u`` (``K`` tensors ``(R, S, B)``):
+    the coordinates ``b_l`` by the spline whose parameters an MLP computes from ``(x, u_{a_l})`` (from ``x``
+    alone when ``a_l`` is empty: once per point); returns ``log |det|`` of the map applied, ``(R, S, B)``."""
+    r, s, b = u[0].shape
+    a, bs = coupling_partition(len(u), layer)
+    if a:
+        h = torch.cat([x.unsqueeze(1).expand(r, s, b, x.shape[-1]), *(u[i].unsqueeze(-1) for i in a)], -1)
+        raw = _mlp(p, f"flow{layer}", h.reshape(r, s * b, -1)).reshape(r, s, b, len(bs), -1)
+    else:
+        raw = _mlp(p, f"flow{layer}", x).reshape(r, 1, b, len(bs), -1).expand(r, s, b, len(bs), -1)
+    v, log_det = rational_quadratic_spline(torch.stack([u[i] for i in bs], -1), raw, inverse=inverse)
+    for j, i in enumerate(bs):
+        u[i] = v[..., j]
+    return log_det.sum(-1)
+
+
+def _flow_layers(p: dict[str, torch.Tensor]) -> int:
+    layers = 0
+    while f"flow{layers}.0.w" in p:
+        layers += 1
+    return layers
+
+
+def flow_log_prob(p: dict[str, torch.Tensor], x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``log q(z | x)`` ``(R, S, B)`` of the flow in ``p`` at any ``z`` ``(R, S, B, K)``, ``x`` ``(R, B, D)``,
+    through the inverse (as ``vaefail.flows.FlowEncoder.log_prob_columns``): ``u_L = (z - mu) / sigma_q``,
+    each layer's inverse from the last to the first, ``log q = log N(u_0) + sum_l log|det dT_l^-1| -
+    sum_k log sigma_q,k``."""
+    k = z.shape[-1]
+    out = _mlp(p, "base", x)
+    mu, log_std = out[..., :k].unsqueeze(1), out[..., k:].unsqueeze(1)
+    u = list(((z - mu) * (-log_std).exp()).unbind(-1))
+    log_q = -log_std.sum(-1).expand(z.shape[:-1])
+    for layer in reversed(range(_flow_layers(p))):
+        log_q = log_q + _coupling(p, x, u, layer, inverse=True)
+    return log_q + (-0.5 * torch.stack(u, -1) ** 2 - 0.5 * LOG_2PI).sum(-1)
+
+
 def flow_bounds(p: dict[str, torch.Tensor], x: torch.Tensor, eps: torch.Tensor,
-                sigma: float = FIGURE8_SIGMA) -> torch.Tensor:
+                sigma: float = FIGURE8_SIGMA, pathwise: bool = True) -> torch.Tensor:
     """Per-restart, per-point ELBO ``(R, B)`` of the spline-flow encoder with the Monte-Carlo KL:
     ``(1/S) sum_s [log p(x|z_s) + log p(z_s) - log q(z_s|x)]``, ``z_s`` the flow of ``eps[:, s]``.
 
-    ``u_0 = eps``; coupling layer ``l`` maps the coordinates ``b_l`` by the spline whose parameters an MLP
-    computes from ``(x, u_{a_l})`` (from ``x`` alone when ``a_l`` is empty: once per point);
-    ``z = mu(x) + sigma_q(x) u_L``; ``log q = log N(eps) - sum_l log|det| - sum_k log sigma_q,k``.
+    ``u_0 = eps``, ``u_l = T_l(u_{l-1}; x)`` (:func:`_coupling`), ``z = mu(x) + sigma_q(x) u_L``;
+    ``log q = log N(eps) - sum_l log|det| - sum_k log sigma_q,k``. ``pathwise=True`` (what
+    ``vaefail fit --encoder flow`` trains, ``vaefail.flowvae.PathwiseELBO``): the same value, but ``log q``
+    is :func:`flow_log_prob` with the flow's parameters detached, evaluated at ``z_s`` (through the inverse),
+    so the gradient is the path derivative (no score term ``d/dphi log q_phi(z)`` at fixed ``z``).
     """
-    r, s, b, k = eps.shape
+    k = eps.shape[-1]
     out = _mlp(p, "base", x)
     mu, log_std = out[..., :k], out[..., k:]
     u = list(eps.unbind(-1))  # K tensors (R, S, B)
     log_q = (-0.5 * eps**2 - 0.5 * LOG_2PI).sum(-1)
-    layer = 0
-    while f"flow{layer}.0.w" in p:
-        a, bs = coupling_partition(k, layer)
-        if a:
-            h = torch.cat([x.unsqueeze(1).expand(r, s, b, x.shape[-1]), *(u[i].unsqueeze(-1) for i in a)], -1)
-            raw = _mlp(p, f"flow{layer}", h.reshape(r, s * b, -1)).reshape(r, s, b, len(bs), -1)
-        else:
-            raw = _mlp(p, f"flow{layer}", x).reshape(r, 1, b, len(bs), -1).expand(r, s, b, len(bs), -1)
-        v, log_det = rational_quadratic_spline(torch.stack([u[i] for i in bs], -1), raw)
-        for j, i in enumerate(bs):
-            u[i] = v[..., j]
-        log_q = log_q - log_det.sum(-1)
-        layer += 1
+    for layer in range(_flow_layers(p)):
+        log_q = log_q - _coupling(p, x, u, layer, inverse=False)
     z = mu.unsqueeze(1) + log_std.exp().unsqueeze(1) * torch.stack(u, -1)
-    log_q = log_q - log_std.sum(-1).unsqueeze(1)
+    if pathwise:
+        log_q = flow_log_prob({name: value.detach() for name, value in p.items()}, x, z)
+    else:
+        log_q = log_q - log_std.sum(-1).unsqueeze(1)
     log_prior = (-0.5 * z**2 - 0.5 * LOG_2PI).sum(-1)
     return (_decoder_log_lik(p, x, z, sigma) + log_prior - log_q).mean(1)
 
@@ -335,7 +381,8 @@ def check_same_objective(objective: str = "vae", samples: int = 1, latent_dim: i
                          encoder: str = "gaussian", restarts: int = 2, batch: int = 64, seed: int = 0,
                          tol: float = 1e-4, models=None) -> SameObjective:
     """Same stacked weights, same batch, same noise: every restart's per-point bound and gradient, vaefail
-    (``vaefail.objectives.bound_fn`` / ``loss_fn`` on each restart) against :func:`bounds`.
+    (``vaefail.objectives.bound_fn`` / ``loss_fn`` on each restart; for the flow the loss ``fit`` trains,
+    ``FlowFamily.loss``: the path-derivative ELBO) against :func:`bounds`.
 
     vaefail draws point ``i``'s noise as ``normal(split(key, n)[i], (K, S))``; it is regenerated here and
     handed to the peer as ``eps[r, s, i, k]``. ``models`` (stacked vaefail models) defaults to a fresh
@@ -347,6 +394,8 @@ def check_same_objective(objective: str = "vae", samples: int = 1, latent_dim: i
     import jax
     from torch_baseline import figure8_train_x
 
+    from vaefail.config import FlowConfig
+    from vaefail.flowvae import FLOW
     from vaefail.objectives import bound_fn, loss_fn
     from vaefail.stacking import take
 
@@ -356,10 +405,12 @@ def check_same_objective(objective: str = "vae", samples: int = 1, latent_dim: i
     x = figure8_train_x()[:batch].copy()
     keys = [jax.random.PRNGKey(seed + 1 + r) for r in range(restarts)]
     v_bound, v_grads = [], []
+    loss = FLOW.loss(FlowConfig(objective=objective, num_samples=s)) if encoder == "flow" else loss_fn(
+        objective, s)
     for r in range(restarts):
         model = take(models, r)
         v_bound.append(np.asarray(bound_fn(objective, s)(model, x, keys[r]).bound))
-        v_grads.append(eqx.filter_grad(lambda m, key=keys[r]: loss_fn(objective, s)(m, x, key)[0])(model))
+        v_grads.append(eqx.filter_grad(lambda m, key=keys[r]: loss(m, x, key)[0])(model))
     eps = np.stack([np.asarray(jax.vmap(lambda k: jax.random.normal(k, (latent_dim, s)))(
         jax.random.split(key, batch))).transpose(2, 0, 1) for key in keys])  # (R, S, n, K)
     params = parameters(vaefail_arrays(models))

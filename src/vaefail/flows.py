@@ -67,10 +67,11 @@ def rational_quadratic_spline(
 ) -> tuple[jax.Array, jax.Array]:
     """The monotone rational-quadratic spline of each element of ``v`` and ``log |dy/dv|``.
 
-    ``params`` has shape ``v.shape + (3 * bins - 1,)``: raw bin widths, raw bin heights (each a softmax over
-    the ``bins``) and raw interior knot derivatives (``softplus(raw + log(e - 1)) + 1e-3``; the two end
-    derivatives are 1, matching the identity outside ``[-B, B]``). With ``xi = (v - v_k) / w_k`` in bin
-    ``k``, slope ``s_k = h_k / w_k`` and knot derivatives ``d_k, d_{k+1}``,
+    ``params`` has shape ``v.shape + (3 * bins - 1,)``, or one that broadcasts to it (e.g. one set per point
+    shared by its samples: the knots are then computed once per set): raw bin widths, raw bin heights (each
+    a softmax over the ``bins``) and raw interior knot derivatives (``softplus(raw + log(e - 1)) + 1e-3``;
+    the two end derivatives are 1, matching the identity outside ``[-B, B]``). With
+    ``xi = (v - v_k) / w_k`` in bin ``k``, slope ``s_k = h_k / w_k`` and knot derivatives ``d_k, d_{k+1}``,
 
         y = y_k + h_k (s_k xi^2 + d_k xi (1 - xi)) / (s_k + (d_{k+1} + d_k - 2 s_k) xi (1 - xi)).
 
@@ -147,11 +148,11 @@ class CouplingLayer(eqx.Module):
         self.net = eqx.tree_at(lambda m: m.layers[-1], net, zero)
 
     def _params(self, x: jax.Array, u: jax.Array) -> jax.Array:
-        """Raw parameters ``(len(b), n, S, per_dim)`` from ``x`` (``(D, n)``) and ``u`` (``(K, n, S)``)."""
+        """Raw parameters ``(len(b), n, S, per_dim)`` from ``x`` (``(D, n)``) and ``u`` (``(K, n, S)``);
+        ``(len(b), n, 1, per_dim)`` when ``a`` is empty (the transforms broadcast them over the samples)."""
         n, s = u.shape[1], u.shape[2]
-        if not self.a:  # conditioned on x alone: once per point, shared by its samples
-            raw = mlp_columns(self.net, x)[:, :, None]
-            raw = jnp.broadcast_to(raw, (raw.shape[0], n, s))
+        if not self.a:  # conditioned on x alone: once per point, shared by its samples (``S`` axis of 1)
+            raw, s = mlp_columns(self.net, x)[:, :, None], 1
         else:
             h = jnp.concatenate([jnp.broadcast_to(x[:, :, None], (x.shape[0], n, s)), u[np.array(self.a)]])
             raw = mlp_columns(self.net, h.reshape(h.shape[0], n * s)).reshape(-1, n, s)

@@ -53,6 +53,26 @@ def test_checks_fail_when_the_torch_objective_differs(monkeypatch):
     assert not torch_peer.check_same_objective("iwae", 20, 1).ok
 
 
+@pytest.mark.slow
+def test_flow_check_fails_for_the_plain_elbo_gradient(monkeypatch):
+    """``fit`` trains the flow on the path-derivative ELBO: a peer with the full reparameterised gradient
+    (same value, plus the score term) fails the gradient check, and only it."""
+    models = _perturbed_flow(1)
+    monkeypatch.setattr(torch_peer.flow_bounds, "__defaults__", (torch_peer.FIGURE8_SIGMA, False))
+    check = torch_peer.check_same_objective("vae", 1, 1, encoder="flow", models=models)
+    assert check.max_abs_bound_diff <= check.tol and check.max_rel_grad_diff > check.tol, str(check)
+
+
+def test_inverse_spline_inverts_and_negates_the_log_derivative():
+    rng = np.random.default_rng(1)
+    v = torch.from_numpy(rng.normal(scale=3.0, size=(300,)))
+    params = torch.from_numpy(rng.normal(size=(300, 23)))
+    y, ld = torch_peer.rational_quadratic_spline(v, params)
+    back, ld_inv = torch_peer.rational_quadratic_spline(y, params, inverse=True)
+    np.testing.assert_allclose(back.numpy(), v.numpy(), atol=1e-9)
+    np.testing.assert_allclose(ld_inv.numpy(), -ld.numpy(), atol=1e-9)
+
+
 def test_spline_is_vaefails_formula():
     """In float64 (no float32 rounding, which steep random splines amplify) the torch spline and
     vaefail's agree to rounding, inside and outside [-B, B]."""

@@ -191,10 +191,17 @@ def m2_amortised_unlabelled(model: M2, x: np.ndarray, key: jax.Array, *, num_sam
     :func:`vaefail.semisupervised.objectives.m2_terms`, ``num_samples`` reconstruction draws per point and
     class: a Monte-Carlo estimate)."""
     xs = check_x(x, model.x_dim)
-    out = [np.asarray(m2_terms(model, pack(xs[p : p + chunk], None), jax.random.fold_in(key, p),
-                               objective="vae", num_samples=num_samples).unlabelled, np.float64)
+    out = [np.asarray(_unlabelled_chunk(model, pack(xs[p : p + chunk], None), jax.random.fold_in(key, p),
+                                        num_samples), np.float64)
            for p in range(0, xs.shape[0], chunk)]
     return np.concatenate(out)
+
+
+@eqx.filter_jit
+def _unlabelled_chunk(model: M2, data: jax.Array, key: jax.Array, num_samples: int) -> jax.Array:
+    """``U(x_i)`` of :func:`m2_terms` (VAE form) on one packed chunk; jitted (``num_samples`` static), so
+    the chunks and later calls with the same shapes share one compiled program."""
+    return m2_terms(model, data, key, objective="vae", num_samples=num_samples).unlabelled
 
 
 def m2_bounds(model: M2, benchmark: LabelledBenchmark, x: np.ndarray, key: jax.Array, *,
