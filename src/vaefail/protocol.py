@@ -4,7 +4,9 @@ A configuration trains ``R`` restarts together (:func:`vaefail.training.optimise
 at the ground truth (decoder regressed onto ``f_gt``, then the family's warm start, then its inference
 networks trained on the objective with the decoder frozen: the "best encoder"), the rest at random. Every
 restart is then trained on the objective, keeping its best-validation parameters; the restart with the best
-validation score that did not diverge is selected, and every restart's record is kept.
+validation score that did not diverge is selected, and every restart's record is kept. The truth starts'
+initial fits can be shared between configurations that compute the same ones (:func:`truth_start`,
+:class:`StartCache`; ``vaefail reproduce`` shares them through its results store).
 
 A model family (:class:`ModelFamily`) says only what differs: how to build models and data, the decoder and
 inference parts, the losses and scores, and how to evaluate restarts. The MFG-VAE / IWAE
