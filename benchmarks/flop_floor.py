@@ -17,8 +17,9 @@ device, one thread):
   per step, and the time that takes on all cores at the large-product rate and at the measured rates.
 
 This is a lower bound on the training loops alone: it leaves out the truth-started restarts' initial
-fits, the truth models, the evaluation and compilation, and counts each configuration at its full step
-budget (the convergence rule may stop earlier). Other task kinds (M2) are not counted.
+fits (``benchmarks/truth_starts.py`` measures those, shared or not), the truth models, the evaluation and
+compilation, and counts each configuration at its full step budget (the convergence rule may stop
+earlier). Other task kinds (M2) are not counted.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 
 import vaefail
@@ -87,3 +88,52 @@ def test_an_unknown_family_in_a_run_folder_is_a_clear_error(tmp_path, linear_ben
     (path / "config.json").write_text(json.dumps(meta))
     with pytest.raises(StoreError, match="unknown model family"):
         FitResult.load(path)
+
+
+class CountingCache:
+    """A :class:`vaefail.protocol.StartCache` in memory that records what was saved."""
+
+    def __init__(self):
+        self.data: dict[str, bytes] = {}
+        self.saved: list[str] = []
+
+    def load(self, key):
+        return self.data.get(key)
+
+    def save(self, key, data):
+        self.saved.append(key)
+        self.data.setdefault(key, data)
+
+
+def _leaves(models):
+    return [np.asarray(a) for a in jax.tree_util.tree_leaves(eqx.filter(models, eqx.is_array))]
+
+
+@pytest.mark.slow
+def test_truth_starts_are_computed_once_and_equal_unshared_ones(linear_bench, monkeypatch):
+    """The VAE with sigma_eps fixed and learned and the IWAE share one decoder stage; the two VAEs share
+    one encoder stage; every result is bit for bit the unshared one."""
+    import vaefail.protocol as protocol
+
+    calls = {"decoder": 0, "inference": 0}
+    for name, stage in (("fit_decoder_to_truth", "decoder"), ("fit_inference", "inference")):
+        original = getattr(protocol, name)
+
+        def counted(*args, _original=original, _stage=stage, **kwargs):
+            calls[_stage] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(protocol, name, counted)
+    base = FitConfig(benchmark="linear", restarts=2, truth_restarts=1, steps=50, init_steps=50,
+                     eval_every=25, n_train=300, n_val=100, n_test=100, converge=False, num_samples=5)
+    configs = [base, base.replace(learn_sigma=True), base.replace(objective="iwae")]
+    cache = CountingCache()
+    shared = [fit_family(MFGFamily(), c, linear_bench, starts=cache) for c in configs]
+    assert calls == {"decoder": 1, "inference": 2}
+    assert sorted(k.split("-")[2] for k in cache.saved) == ["decoder", "inference", "inference"]
+    for config, result in zip(configs[1:], shared[1:], strict=True):  # the first computed its own
+        alone = fit_family(MFGFamily(), config, linear_bench)
+        for a, b in zip(_leaves(alone.models), _leaves(result.models), strict=True):
+            np.testing.assert_array_equal(a, b)
+        pd.testing.assert_frame_equal(alone.restarts, result.restarts)
+    assert calls == {"decoder": 3, "inference": 4}  # the unshared fits computed their own

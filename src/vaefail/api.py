@@ -9,7 +9,7 @@ from vaefail.config import FitConfig, FlowConfig
 from vaefail.errors import unknown_name
 from vaefail.flowvae import FLOW
 from vaefail.mfg import MFG, require_unlabelled
-from vaefail.protocol import fit_family
+from vaefail.protocol import StartCache, fit_family
 from vaefail.results import FitResult
 
 
@@ -79,12 +79,14 @@ def fit_benchmark(config: FitConfig, benchmark: Benchmark | None = None) -> Benc
 
 def fit_config(
     config: FitConfig, benchmark: Benchmark | None = None, *, truth: bool = False,
-    progress: bool = False,
+    progress: bool = False, starts: StartCache | None = None,
 ) -> FitResult:
     """:func:`fit` from a :class:`FitConfig` (:func:`vaefail.protocol.fit_family` of the MFG family), or from
-    a :class:`FlowConfig` (the flow family, :mod:`vaefail.flowvae`)."""
+    a :class:`FlowConfig` (the flow family, :mod:`vaefail.flowvae`); ``starts`` shares truth starts between
+    configurations (:func:`vaefail.protocol.truth_start`)."""
     family = FLOW if isinstance(config, FlowConfig) else MFG
-    return fit_family(family, config, fit_benchmark(config, benchmark), truth=truth, progress=progress)
+    return fit_family(family, config, fit_benchmark(config, benchmark), truth=truth, progress=progress,
+                      starts=starts)
 
 
 ENCODERS = {"gaussian": FitConfig, "flow": FlowConfig}

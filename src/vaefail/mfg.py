@@ -175,6 +175,15 @@ class MFGFamily(ModelFamily):
     name = "vae"
     selection = "val_bound"
     config_type = FitConfig
+    #: The decoder fit and the warm start read neither the objective, sigma_eps's mode, nor the main
+    #: training's or the optimiser's fields; the encoder fit (decoder and sigma_eps frozen) reads everything
+    #: but sigma_eps's mode and the main training's step budget.
+    start_ignores = {
+        "decoder": frozenset({"objective", "num_samples", "dreg", "learn_sigma", "steps", "batch_size",
+                              "learning_rate", "final_lr_factor", "eval_every", "patience", "tol", "converge",
+                              "eval_samples"}),
+        "inference": frozenset({"learn_sigma", "steps"}),
+    }
 
     def make_data(self, benchmark: Benchmark, config: FitConfig) -> Splits:
         return require_unlabelled(benchmark).splits(config.n_train, config.n_val, config.n_test,

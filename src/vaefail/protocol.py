@@ -4,7 +4,9 @@ A configuration trains ``R`` restarts together (:func:`vaefail.training.optimise
 at the ground truth (decoder regressed onto ``f_gt``, then the family's warm start, then its inference
 networks trained on the objective with the decoder frozen: the "best encoder"), the rest at random. Every
 restart is then trained on the objective, keeping its best-validation parameters; the restart with the best
-validation score that did not diverge is selected, and every restart's record is kept.
+validation score that did not diverge is selected, and every restart's record is kept. The truth starts'
+initial fits can be shared between configurations that compute the same ones (:func:`truth_start`,
+:class:`StartCache`; ``vaefail reproduce`` shares them through its results store).
 
 A model family (:class:`ModelFamily`) says only what differs: how to build models and data, the decoder and
 inference parts, the losses and scores, and how to evaluate restarts. The MFG-VAE / IWAE
@@ -14,10 +16,14 @@ two implementations; a new family needs no change here, in :class:`vaefail.resul
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,7 +31,7 @@ import pandas as pd
 
 from vaefail.benchmarks import get_benchmark
 from vaefail.errors import VaefailError
-from vaefail.results import FitResult
+from vaefail.results import FitResult, family_path
 from vaefail.stacking import concat, take
 from vaefail.training import Loss, OptimiseResult, optimise
 
@@ -49,6 +55,11 @@ class ModelFamily:
     selection = "val_bound"
     #: The family's config class (with ``from_dict``), used to read saved runs.
     config_type: Any = None
+    #: Config fields that each stage of the truth start does not read (:func:`start_key`): ``"decoder"``
+    #: (:func:`fit_decoder_to_truth` and :meth:`warm_start`) and ``"inference"`` (:func:`fit_inference`).
+    #: ``None``: the family's truth starts are never shared. A family that sets it promises that both stages
+    #: change only :meth:`decoder` and :meth:`inference` of the models and read no other field.
+    start_ignores: dict[str, frozenset[str]] | None = None
 
     # -- models and data ------------------------------------------------------------------------------
     def make_data(self, benchmark: Any, config: Any) -> Any:
@@ -172,16 +183,100 @@ def fit_inference(
     )
 
 
+class StartCache(Protocol):
+    """Where truth starts are shared between configurations (:func:`truth_start`): bytes by key.
+
+    ``load`` returns ``None`` for a key never saved (or whose stored copy is damaged); ``save`` may be called
+    by several processes for one key at once, with the same bytes.
+    """
+
+    def load(self, key: str) -> bytes | None: ...
+
+    def save(self, key: str, data: bytes) -> None: ...
+
+
+#: The stages of the truth start, in order.
+START_STAGES = ("decoder", "inference")
+
+
+def start_key(family: ModelFamily, config: Any, stage: str) -> str | None:
+    """The content key of a truth start after ``stage`` (``"decoder"`` or ``"inference"``), or ``None``
+    when the family does not share them (:attr:`ModelFamily.start_ignores` is ``None``).
+
+    The first 16 hex digits of the SHA-256 of the canonical JSON of the stage, the family's class, the number
+    of truth restarts and every config field except :attr:`ModelFamily.start_ignores` of the stage;
+    configurations with equal keys compute the same truth start.
+    """
+    if family.start_ignores is None:
+        return None
+    fields = {k: v for k, v in config.to_dict().items() if k not in family.start_ignores[stage]}
+    blob = json.dumps({"stage": stage, "family": family_path(family), "n_truth": config.n_truth,
+                       "config": fields}, sort_keys=True, separators=(",", ":"), default=str)
+    return f"truth-start-{stage}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def _trained_parts(family: ModelFamily, models: Any) -> tuple[Any, Any]:
+    return family.decoder(models), family.inference(models)
+
+
+def _shared_stage(
+    family: ModelFamily, config: Any, stage: str, models: Any, compute: Callable[[Any], Any],
+    starts: StartCache | None,
+) -> Any:
+    """``compute(models)``, or its decoder and inference parts loaded from ``starts`` into ``models``
+    (saved there after computing when missing)."""
+    key = None if starts is None else start_key(family, config, stage)
+    if key is None:
+        return compute(models)
+    stored = starts.load(key)
+    if stored is not None:
+        parts = eqx.tree_deserialise_leaves(io.BytesIO(stored), _trained_parts(family, models))
+        return eqx.tree_at(lambda m: _trained_parts(family, m), models, parts)
+    models = compute(models)
+    buffer = io.BytesIO()
+    eqx.tree_serialise_leaves(buffer, _trained_parts(family, models))
+    starts.save(key, buffer.getvalue())
+    return models
+
+
+def truth_start(
+    family: ModelFamily, models: Any, benchmark: Any, data: Any, config: Any, k_dec: jax.Array,
+    k_enc: jax.Array, *, starts: StartCache | None = None, progress: bool = False,
+) -> Any:
+    """The truth-started restarts (stacked ``models``, freshly initialised) before the main training.
+
+    Stage ``"decoder"``: :func:`fit_decoder_to_truth` (key ``k_dec``) and the family's
+    :meth:`~ModelFamily.warm_start` (key ``fold_in(k_enc, 1)``); stage ``"inference"``: :func:`fit_inference`
+    (key ``k_enc``); each for ``config.init_steps``. With ``starts``, a stage whose :func:`start_key` is
+    stored there is loaded instead of computed (bit for bit the same parameters), and a computed one is
+    saved: configurations that differ only in fields a stage ignores (for the MFG family the objective and
+    sigma_eps mode for the decoder stage, the sigma_eps mode for the inference stage) compute it once.
+    """
+    def decoder_stage(m: Any) -> Any:
+        m = fit_decoder_to_truth(family, m, benchmark, k_dec, steps=config.init_steps, progress=progress)
+        return family.warm_start(m, benchmark, data, jax.random.fold_in(k_enc, 1), config, progress=progress)
+
+    def inference_stage(m: Any) -> Any:
+        return fit_inference(family, m, data, config, k_enc, steps=config.init_steps, progress=progress,
+                             description="fit encoder to truth").model
+
+    def both(m: Any) -> Any:
+        return inference_stage(_shared_stage(family, config, "decoder", m, decoder_stage, starts))
+
+    return _shared_stage(family, config, "inference", models, both, starts)
+
+
 def train_restarts(
-    family: ModelFamily, benchmark: Any, data: Any, config: Any, *, progress: bool = True
+    family: ModelFamily, benchmark: Any, data: Any, config: Any, *, progress: bool = True,
+    starts: StartCache | None = None,
 ) -> RestartOutcome:
     """Run the paper's protocol: ``n_truth`` restarts from the truth, the rest random, all trained together.
 
     Keys: ``init, decoder, encoder, train, score = split(PRNGKey(seed), 5)``; restart ``r`` is initialised
     from ``fold_in(init, r)``. Truth restarts (when ``init_steps > 0``): :func:`fit_decoder_to_truth`, the
     family's :meth:`~ModelFamily.warm_start` (key ``fold_in(encoder, 1)``) and :func:`fit_inference`, each for
-    ``init_steps``. Then every restart trains all its parameters for up to ``steps`` steps, keeping its
-    best-validation parameters.
+    ``init_steps`` (:func:`truth_start`, shared through ``starts`` when given). Then every restart trains all
+    its parameters for up to ``steps`` steps, keeping its best-validation parameters.
     """
     key = jax.random.PRNGKey(config.seed)
     k_init, k_dec, k_enc, k_train, k_score = jax.random.split(key, 5)
@@ -189,13 +284,8 @@ def train_restarts(
     models = family.init(config, benchmark, init_keys)
     n_truth = config.n_truth
     if n_truth > 0 and config.init_steps > 0:
-        truth = take(models, slice(0, n_truth))
-        truth = fit_decoder_to_truth(family, truth, benchmark, k_dec, steps=config.init_steps,
-                                     progress=progress)
-        truth = family.warm_start(truth, benchmark, data, jax.random.fold_in(k_enc, 1), config,
-                                  progress=progress)
-        truth = fit_inference(family, truth, data, config, k_enc, steps=config.init_steps, progress=progress,
-                              description="fit encoder to truth").model
+        truth = truth_start(family, take(models, slice(0, n_truth)), benchmark, data, config, k_dec, k_enc,
+                            starts=starts, progress=progress)
         models = concat(truth, take(models, slice(n_truth, None)))
     result = train_all(family, models, data, config, k_train, k_score, progress=progress)
     start = ["truth"] * n_truth + ["random"] * (config.restarts - n_truth)
@@ -225,13 +315,14 @@ def train_all(
 
 
 def fit_family(
-    family: ModelFamily, config: Any, benchmark: Any, *, truth: bool = False, progress: bool = False
+    family: ModelFamily, config: Any, benchmark: Any, *, truth: bool = False, progress: bool = False,
+    starts: StartCache | None = None,
 ) -> FitResult:
     """Train a configuration with the restart protocol, evaluate every restart and select one.
 
     The selected restart has the highest :attr:`ModelFamily.selection` column among the restarts that did not
     diverge. Evaluation draws from ``PRNGKey(seed + 1_000_003)``; the ground-truth model (with ``truth``)
-    from ``PRNGKey(seed + 7)``.
+    from ``PRNGKey(seed + 7)``. ``starts`` shares truth starts between configurations (:func:`truth_start`).
 
     Returns
     -------
@@ -241,7 +332,7 @@ def fit_family(
         summary and, with ``truth``, the truth's) and, with ``truth``, the truth model itself (not saved).
     """
     data = family.make_data(benchmark, config)
-    outcome = train_restarts(family, benchmark, data, config, progress=progress)
+    outcome = train_restarts(family, benchmark, data, config, progress=progress, starts=starts)
     eval_key = jax.random.PRNGKey(config.seed + EVAL_SEED_OFFSET)
     columns = family.evaluate(outcome.models, data, config, eval_key)
     ok = ~outcome.diverged & np.isfinite(columns[family.selection])

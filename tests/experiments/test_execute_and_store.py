@@ -16,7 +16,7 @@ import pytest
 from vaefail.errors import ConfigError, StoreError, UnknownNameError, VaefailError
 from vaefail.experiments.grid import EXPERIMENTS, load_experiment, load_experiments, parse_only, select
 from vaefail.experiments.reproduce import reproduce, task_key
-from vaefail.experiments.store import ABANDONED_AFTER, ResultsStore, config_hash
+from vaefail.experiments.store import ABANDONED_AFTER, ResultsStore, SharedFits, config_hash
 
 
 def test_every_grid_expands_and_validates_at_every_preset():
@@ -89,6 +89,23 @@ def test_store_put_is_atomic_and_first_writer_wins(tmp_path):
     os.utime(store.runs / ".tmp-j-999999999-abcd", (hour_ago, hour_ago))
     ResultsStore(tmp_path / "s")
     assert [p.name for p in store.runs.glob(".tmp-*")] == [".tmp-k-1-live"]
+
+
+def test_shared_fits_first_writer_wins_and_damage_is_detected(tmp_path):
+    store = ResultsStore(tmp_path / "s")
+    shared = SharedFits.at(store.root, "f" * 16)
+    assert SharedFits.at(tmp_path / "not-a-store", "f" * 16) is None  # a worker that does not see the store
+    assert shared.load("truth-start-decoder-1") is None
+    shared.save("truth-start-decoder-1", b"weights")
+    shared.save("truth-start-decoder-1", b"weights")  # a second worker that computed it too: kept as is
+    assert shared.load("truth-start-decoder-1") == b"weights"
+    assert SharedFits.at(store.root, "e" * 16).load("truth-start-decoder-1") is None  # other code: not read
+    (shared.folder("truth-start-decoder-1") / "data.eqx").write_bytes(b"weighs")  # damaged on disk
+    with pytest.warns(RuntimeWarning, match="damaged shared fit .*checksum"):
+        assert shared.load("truth-start-decoder-1") is None  # so it is computed again ...
+    shared.save("truth-start-decoder-1", b"weights")  # ... and replaces the damaged copy
+    assert shared.load("truth-start-decoder-1") == b"weights"
+    assert not list(shared.root.glob(".tmp-*")) and not store.has("truth-start-decoder-1")
 
 
 def test_store_refuses_incompatible_or_foreign_folders(tmp_path):

@@ -291,7 +291,8 @@ def _run_ray(todo: list[Job], run: Callable, address: str | None, workers: int):
             except Exception as err:  # Ray raises ConnectionError, RuntimeError, ValueError, ...
                 raise VaefailError(f"cannot connect to the Ray cluster at {address!r}: {err}") from None
     try:
-        remote = ray.remote(num_cpus=1)(_run_configured).options(name=getattr(run, "__name__", "task"))
+        remote = ray.remote(num_cpus=1)(_run_configured).options(
+            name=getattr(getattr(run, "func", run), "__name__", "task"))  # a functools.partial's function
         pending = {remote.remote(run, spec): key for key, spec in todo}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

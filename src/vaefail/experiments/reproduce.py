@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Collection, Mapping
@@ -71,7 +72,8 @@ def reproduce(
     jobs = [(task_key(t), t.spec()) for e in experiments for t in e.tasks]
     current = code_fingerprint()
     stale = sorted({k for k, _ in jobs if store.has(k) and store.fingerprint(k) != current})
-    computed = execute(jobs, store, run_task, executor=executor, address=address, workers=workers,
+    run = functools.partial(run_task, shared=str(store.root.resolve()))  # workers share truth starts
+    computed = execute(jobs, store, run, executor=executor, address=address, workers=workers,
                        progress=progress, redo=() if reuse_stale else stale)
     tables = {name: table for e in experiments for name, table in build_tables(e, store, preset).items()}
     for name, table in tables.items():

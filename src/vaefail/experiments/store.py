@@ -24,6 +24,7 @@ import os
 import shutil
 import time
 import uuid
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,9 @@ from vaefail.errors import StoreError
 #: two restarts per configuration, are unchanged).
 STORE_FORMAT = "vaefail-store/4"
 
+#: The store's folder of intermediate results shared between configurations (:class:`SharedFits`).
+SHARED = "shared"
+
 #: A temporary folder under ``runs/`` untouched for this long belongs to a writer that is gone (killed,
 #: or its host lost): writing a configuration's files takes well under a second.
 ABANDONED_AFTER = 3600.0
@@ -48,6 +52,35 @@ def config_hash(task: Mapping[str, Any]) -> str:
     """First 16 hex digits of the SHA-256 of the task's canonical JSON (sorted keys, with the format)."""
     blob = json.dumps({"format": STORE_FORMAT, **task}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def put_folder(parent: Path, key: str, files: Mapping[str, bytes], *, replace: bool = False) -> bool:
+    """Write ``files`` as the folder ``parent/key`` atomically (:meth:`ResultsStore.put`); returns False if
+    another writer got there first."""
+    tmp = parent / f".tmp-{key}-{uuid.uuid4().hex[:12]}"
+    try:
+        tmp.mkdir()
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        if replace and (parent / key).exists():
+            old = parent / f".tmp-{key}-{uuid.uuid4().hex[:12]}-old"
+            try:
+                (parent / key).rename(old)
+            except FileNotFoundError:  # another writer swapped it out first
+                pass
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            tmp.rename(parent / key)
+        except OSError:
+            if (parent / key).is_dir():
+                return False
+            raise
+        return True
+    except OSError as err:
+        raise StoreError(f"cannot write results to {parent}: {err.strerror or err}") from err
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 class ResultsStore:
@@ -103,30 +136,7 @@ class ResultsStore:
         it is renamed aside, the new folder renamed into place, the old one removed. A reader sees the old
         folder, the new one, or (for an instant) none, which reads as "not computed"; never a mixture.
         """
-        tmp = self.runs / f".tmp-{key}-{uuid.uuid4().hex[:12]}"
-        try:
-            tmp.mkdir()
-            for name, data in files.items():
-                (tmp / name).write_bytes(data)
-            if replace and (self.runs / key).exists():
-                old = self.runs / f".tmp-{key}-{uuid.uuid4().hex[:12]}-old"
-                try:
-                    (self.runs / key).rename(old)
-                except FileNotFoundError:  # another writer swapped it out first
-                    pass
-                shutil.rmtree(old, ignore_errors=True)
-            try:
-                tmp.rename(self.runs / key)
-            except OSError:
-                if self.has(key):
-                    return False
-                raise
-            return True
-        except OSError as err:
-            raise StoreError(f"cannot write results to {self.runs}: {err.strerror or err}") from err
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        return put_folder(self.runs, key, files, replace=replace)
 
     def metrics(self, key: str) -> dict[str, Any]:
         """The metrics record of a finished configuration."""
@@ -151,10 +161,69 @@ class ResultsStore:
         on another host must not lose its folder because a process id is unused here.
         """
         now = time.time() if now is None else now
-        for tmp in self.runs.glob(".tmp-*"):
+        for tmp in [*self.runs.glob(".tmp-*"), *(self.root / SHARED).glob(".tmp-*")]:
             try:
                 age = now - tmp.stat().st_mtime
             except OSError:
                 continue
             if age > ABANDONED_AFTER:
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+class SharedFits:
+    """Intermediate results that several configurations compute identically (the truth starts of
+    :func:`vaefail.protocol.truth_start`), shared through a store: a :class:`vaefail.protocol.StartCache`.
+
+    Each is the folder ``DIR/shared/<key>-<fingerprint>/`` with ``data.eqx`` and ``meta.json`` (the SHA-256
+    of ``data.eqx`` and the code fingerprint that computed it), written like a configuration (a temporary
+    folder renamed into place: when two workers compute one at once, the first rename wins and both hold the
+    same bytes). The code fingerprint is part of the folder's name, so other code never reads it. A copy
+    whose checksum does not match is reported (a warning), computed again and replaced.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], fingerprint: str):
+        self.root = Path(root) / SHARED
+        self.fingerprint = fingerprint
+
+    @classmethod
+    def at(cls, root: str | os.PathLike[str], fingerprint: str) -> SharedFits | None:
+        """The shared fits of the store at ``root``, or ``None`` where this process does not see that store
+        (a Ray worker on another host): it then computes everything itself."""
+        return cls(root, fingerprint) if (Path(root) / "store.json").is_file() else None
+
+    def folder(self, key: str) -> Path:
+        return self.root / f"{key}-{self.fingerprint}"
+
+    def load(self, key: str) -> bytes | None:
+        """The bytes saved under ``key`` by this code, or ``None`` if there are none or they are damaged."""
+        folder = self.folder(key)
+        if not folder.is_dir():
+            return None
+        try:
+            data = (folder / "data.eqx").read_bytes()
+            meta = json.loads((folder / "meta.json").read_text())
+            ok = isinstance(meta, dict) and meta.get("sha256") == hashlib.sha256(data).hexdigest()
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            warnings.warn(f"damaged shared fit {folder} (missing file or checksum mismatch): computing it "
+                          "again", RuntimeWarning, stacklevel=2)
+            return None
+        return data
+
+    def save(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key`` (kept if an intact copy is already there, replacing a damaged one)."""
+        meta = {"sha256": hashlib.sha256(data).hexdigest(), "fingerprint": self.fingerprint}
+        folder = self.folder(key)
+        damaged = folder.is_dir() and self._intact(key) is None
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"cannot write results to {self.root}: {err.strerror or err}") from err
+        put_folder(self.root, folder.name, {"data.eqx": data, "meta.json": json.dumps(meta).encode()},
+                   replace=damaged)
+
+    def _intact(self, key: str) -> bytes | None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return self.load(key)

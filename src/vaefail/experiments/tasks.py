@@ -22,12 +22,18 @@ import jax
 from vaefail.api import encoder_config, fit_config
 from vaefail.benchmarks import get_benchmark
 from vaefail.errors import unknown_name
-from vaefail.experiments.provenance import provenance
+from vaefail.experiments.provenance import code_fingerprint, provenance
+from vaefail.experiments.store import SharedFits
 from vaefail.metrics.evaluate import BOUND_POINTS, evaluate_run
+from vaefail.protocol import StartCache
 
 
-def run_task(spec: dict[str, Any]) -> dict[str, bytes]:
+def run_task(spec: dict[str, Any], *, shared: str | None = None) -> dict[str, bytes]:
     """Run the configuration ``spec`` (``fit``, ``eval`` and optionally ``kind``) and return its files.
+
+    ``shared``: the folder of a results store whose shared fits
+    (:class:`~vaefail.experiments.store.SharedFits`: the truth starts of ``fit`` tasks) this process reads
+    and adds to, when it sees that store.
 
     Besides the runner's files: ``task.json`` (the spec), ``timing.json`` (the task's wall-clock and
     process CPU seconds in the worker, compilation included) and ``provenance.json`` (the package version
@@ -37,7 +43,10 @@ def run_task(spec: dict[str, Any]) -> dict[str, bytes]:
     if kind not in RUNNERS:
         raise unknown_name("task kind", kind, RUNNERS)
     wall, cpu = time.perf_counter(), time.process_time()
-    files = RUNNERS[kind](spec)
+    if kind == "fit" and shared is not None:
+        files = run_fit_task(spec, starts=SharedFits.at(shared, code_fingerprint()))
+    else:
+        files = RUNNERS[kind](spec)
     files["task.json"] = json.dumps(spec, indent=2).encode()
     files["provenance.json"] = json.dumps(provenance(), indent=2).encode()
     files["timing.json"] = json.dumps({"wall_seconds": round(time.perf_counter() - wall, 2),
@@ -45,9 +54,10 @@ def run_task(spec: dict[str, Any]) -> dict[str, bytes]:
     return files
 
 
-def run_fit_task(spec: dict[str, Any]) -> dict[str, bytes]:
+def run_fit_task(spec: dict[str, Any], *, starts: StartCache | None = None) -> dict[str, bytes]:
     """Fit ``spec["fit"]`` (a :class:`~vaefail.config.FitConfig`, or with ``"encoder": "flow"`` a
-    :class:`~vaefail.config.FlowConfig`) and evaluate it with ``spec["eval"]``.
+    :class:`~vaefail.config.FlowConfig`) and evaluate it with ``spec["eval"]``; truth starts are shared
+    through ``starts`` (:func:`vaefail.protocol.truth_start`).
 
     The ground-truth model (true decoder, its best encoder) is fitted too when ``eval.truth`` is set and
     the comparison is the paper's: the VAE objective, the model's K equal to the truth's and sigma_eps the
@@ -60,7 +70,7 @@ def run_fit_task(spec: dict[str, Any]) -> dict[str, bytes]:
     truth = bool(settings.get("truth", False)) and config.objective == "vae" and (
         config.latent_dim == bench.latent_dim and not config.learn_sigma and config.sigma_eps is None
     )
-    result = fit_config(config, bench, truth=truth)
+    result = fit_config(config, bench, truth=truth, starts=starts)
     metrics = evaluate_run(
         result, jax.random.PRNGKey(config.seed + 31337),
         num_samples=int(settings.get("ll_samples", 1000)),
