@@ -186,3 +186,19 @@ def test_downstream_claims_on_a_synthetic_table():
     rows[1]["mode_overlap"] = 0.999  # within noise of the truth: not reproduced
     claims = {c["id"]: c for c in downstream_claims(pd.DataFrame(rows))}
     assert claims["downstream.quadratic.ambiguity"]["reproduced"] is False
+
+
+@pytest.mark.parametrize("preset", ["smoke", "quick", "paper"])
+def test_downstream_reuses_the_table1_and_latent_configurations_it_shares(preset):
+    """Every downstream fit that is also a table1 or latent fit has the same store key (fit *and* evaluation
+    settings), so a store that ran those experiments is not asked to fit it again."""
+    from vaefail.experiments.grid import load_experiment
+    from vaefail.experiments.store import config_hash
+
+    others = [t for name in ("table1", "latent") for t in load_experiment(name, preset).tasks]
+    stored = {config_hash(t.spec()) for t in others}
+    fits = {config_hash({"fit": t.fit}) for t in others}
+    tasks = load_experiment("downstream", preset).tasks
+    same_fit = [t for t in tasks if config_hash({"fit": t.fit}) in fits]
+    assert len(same_fit) >= len(tasks) // 2  # figure8, clusters and quadratic K = 1
+    assert [t for t in same_fit if config_hash(t.spec()) not in stored] == []
