@@ -312,5 +312,8 @@ def test_posterior_shape_uses_the_k2_gap_and_names_the_amortisation_gap(data):
     checks = dg.analyse([fit], settings, data, gap=gap)["checks"]
     shape = next(c for c in checks if c["id"] == "posterior_shape")
     assert asked == [fit.key] and shape["numbers"]["gaussian_gap_share_above"] == 0.02
-    assert shape["verdict"] == "warning"  # the larger share (k-hat's 15%) decides
+    assert shape["verdict"] == "ok"  # where the gap is known it decides; k-hat's 15% is the encoder's
     assert "amortisation gap" in shape["meaning"]
+    gap_large = dg.analyse([fit], settings, data, gap=lambda f: {"share_above": 0.4, "threshold": 0.1})
+    shape = next(c for c in gap_large["checks"] if c["id"] == "posterior_shape")
+    assert shape["verdict"] == "failure suspected" and "amortisation gap" not in shape["meaning"]
