@@ -109,6 +109,21 @@ def test_posterior_shape_thresholds(data):
         assert next(c for c in report["checks"] if c["id"] == "posterior_shape")["verdict"] == verdict
 
 
+def test_a_choice_at_the_grid_edge_says_to_widen_the_grid(data):
+    grid = [0.1, 0.2, 0.4]
+    assert dg.grid_edge(grid, 0.4) == "largest" and dg.grid_edge(grid, 0.1) == "smallest"
+    assert dg.grid_edge([0.1, 0.2, 0.4], 0.2) is None and dg.grid_edge([0.2], 0.2) is None
+    assert dg.grid_edge([1, 2, 3], 1, floor=1) is None  # K = 1: nothing smaller to try
+    base = np.arange(10) * 0.01
+    settings = dg.DiagnoseSettings(latent_dims=(1, 2), sigmas=(0.1, 0.4), families=("vae",))
+    fits = [_fit("vae", k, s, base + k + 10 * s, base + k + 10 * s) for k in (1, 2) for s in (0.1, 0.4)]
+    checks = {c["id"]: c for c in dg.analyse(fits, settings, data)["checks"]}
+    for cid, flag in (("sigma", "--sigma"), ("latent_dim", "--latent-dims")):
+        assert checks[cid]["verdict"] == "ok"
+        assert checks[cid]["numbers"]["log_p_choice_at_grid_edge"] == "largest"
+        assert f"widen it ({flag})" in checks[cid]["meaning"]
+
+
 def test_the_flow_family_is_one_line_away():
     assert set(dg.FAMILIES) == {"vae", "iwae"} and dg.REFERENCE == "vae"
     assert dg.parse_sigma("auto") == dg.AUTO_SIGMAS and dg.parse_sigma("0.2") == (0.2,)

@@ -321,7 +321,30 @@ def _criterion_check(cid: str, what: str, fits: Sequence[Fit], value: str, conte
             f"{getattr(by_ll, value)}, but their held-out log-likelihoods differ by only "
             f"{diff:.3f} ± {se:.3f} nats/point, within noise."
         )
+    floor = 1 if value == "latent_dim" else None
+    edge = grid_edge([getattr(f, value) for f in fits], getattr(by_ll, value), floor=floor)
+    if edge is not None:
+        numbers["log_p_choice_at_grid_edge"] = edge
+        flag = "--latent-dims" if value == "latent_dim" else "--sigma"
+        meaning += (
+            f" Held-out log-likelihood chooses the grid's {edge} {what}, so the best value may lie beyond "
+            f"the grid: widen it ({flag}) before relying on this choice."
+        )
     return _check(cid, f"{what}: ELBO vs held-out log-likelihood", verdict, numbers, meaning, guideline)
+
+
+def grid_edge(values: Sequence[float], chosen: float, floor: float | None = None) -> str | None:
+    """``"largest"`` or ``"smallest"`` when ``chosen`` is that end of a grid of at least two distinct
+    ``values`` (and not the natural ``floor``, e.g. ``K = 1``, below which nothing can be tried); else
+    ``None``."""
+    grid = sorted(set(values))
+    if len(grid) < 2:
+        return None
+    if chosen == grid[-1]:
+        return "largest"
+    if chosen == grid[0] and chosen != floor:
+        return "smallest"
+    return None
 
 
 def _mi(f: Fit) -> list[dict[str, Any]]:
