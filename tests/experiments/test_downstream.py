@@ -140,6 +140,33 @@ def test_robustness_code_reading_normal_noise():
 
 
 @pytest.mark.slow
+def test_flow_adapter_code_is_the_flow_posterior_mean_and_its_jacobian_is_exact():
+    """A flow encoder's code is a Monte-Carlo E_q[z|x] with normals fixed per point: deterministic, equal to
+    an independent estimate of the same mean within Monte-Carlo error, and its Jacobian is the derivative of
+    that same function (central differences, float32)."""
+    from vaefail.flowvae import make_flow_vae
+    from vaefail.metrics.flow import posterior_mean
+
+    bench, data = _data("figure8", 40)
+    x = np.asarray(data.x, np.float64)
+    model = make_flow_vae(2, 2, bench.sigma_eps, key=jax.random.PRNGKey(3), flow_layers=2)
+    lm = ds.from_vae(model, name="flow", code_samples=512)
+    code = lm.code(x)
+    assert code.shape == (40, 2) and np.array_equal(code, lm.code(x))
+    other = posterior_mean(model, x, jax.random.PRNGKey(11), samples=4096)
+    draws = [posterior_mean(model, x[:1], jax.random.PRNGKey(s), samples=1)[0] for s in range(200)]
+    sd = np.std(draws, axis=0)
+    assert np.all(np.abs(code - other) < 5 * sd * math.sqrt(1 / 512 + 1 / 4096))
+    jac, h, base = lm.code_jacobian(x[:5]), 2e-3, lm.code(x[:5])
+    for d in range(2):
+        step = np.zeros(2)
+        step[d] = h
+        up, down = (lm.code(x[:5] + step) - base) / h, (base - lm.code(x[:5] - step)) / h
+        # the conditioners' leaky ReLUs make the code piecewise smooth: one side of a kink matches
+        err = np.minimum(np.abs(jac[:, :, d] - up), np.abs(jac[:, :, d] - down))
+        assert np.all(err < 2e-3 + 0.02 * np.abs(up).max()), err
+
+
 def test_reproduce_downstream_smoke(tmp_path):
     """The experiment end to end on linear at the smoke preset: one row per family plus the truth, claims,
     figures, and a cache that a rebuild reuses (same numbers)."""
@@ -151,7 +178,7 @@ def test_reproduce_downstream_smoke(tmp_path):
     result = reproduce("downstream", "smoke", out, repeats=1, workers=1, progress=False,
                        only={"benchmark": ["linear"]})
     table = result.tables["downstream"]
-    assert list(table.family) == ["truth", "vae", "iwae"] and set(table.benchmark) == {"linear"}
+    assert list(table.family) == ["truth", "vae", "iwae", "flow"] and set(table.benchmark) == {"linear"}
     truth = table[table.family == "truth"].iloc[0]
     assert truth.recovery > 0.8  # 60 points: a rough k-NN estimate of 1 - 1/126
     assert truth.multimodal_share == 0.0 and truth.k_bound == 1.0
@@ -159,7 +186,7 @@ def test_reproduce_downstream_smoke(tmp_path):
     ids = {c["id"] for c in result.claims}
     assert {"downstream.linear.compression", "downstream.linear.outliers"} <= ids
     assert (out / "downstream.csv").is_file() and (out / "figures" / "downstream_outliers.png").is_file()
-    assert len(list((out / "downstream").glob("*.json"))) == 3
+    assert len(list((out / "downstream").glob("*.json"))) == 4
     again = build_downstream_table(result.experiments[0], ResultsStore(out), "smoke")
     assert again.drop(columns=["keys", "k1_keys"]).equals(table.drop(columns=["keys", "k1_keys"]))
 
@@ -189,16 +216,20 @@ def test_downstream_claims_on_a_synthetic_table():
 
 
 @pytest.mark.parametrize("preset", ["smoke", "quick", "paper"])
-def test_downstream_reuses_the_table1_and_latent_configurations_it_shares(preset):
-    """Every downstream fit that is also a table1 or latent fit has the same store key (fit *and* evaluation
-    settings), so a store that ran those experiments is not asked to fit it again."""
+def test_downstream_reuses_the_table1_latent_and_flexible_configurations_it_shares(preset):
+    """Every downstream fit that is also a table1, latent or flexible fit has the same store key (fit *and*
+    evaluation settings), so a store that ran those experiments is not asked to fit it again; every flow fit
+    is the flexible experiment's."""
+    from vaefail.experiments.downstream import family_of
     from vaefail.experiments.grid import load_experiment
     from vaefail.experiments.store import config_hash
 
-    others = [t for name in ("table1", "latent") for t in load_experiment(name, preset).tasks]
+    others = [t for name in ("table1", "latent", "flexible") for t in load_experiment(name, preset).tasks]
     stored = {config_hash(t.spec()) for t in others}
     fits = {config_hash({"fit": t.fit}) for t in others}
     tasks = load_experiment("downstream", preset).tasks
     same_fit = [t for t in tasks if config_hash({"fit": t.fit}) in fits]
     assert len(same_fit) >= len(tasks) // 2  # figure8, clusters and quadratic K = 1
     assert [t for t in same_fit if config_hash(t.spec()) not in stored] == []
+    flows = [t for t in tasks if family_of(t.labels).endswith("flow")]
+    assert flows and all(config_hash(t.spec()) in stored for t in flows)

@@ -519,7 +519,8 @@ def downstream_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
     if t.empty or "family" not in t:
         return out
     for bench in dict.fromkeys(t.benchmark):
-        truth, vae, iwae = (_row(t, benchmark=bench, family=f) for f in ("truth", "vae", "iwae"))
+        truth, vae, iwae, flow = (
+            _row(t, benchmark=bench, family=f) for f in ("truth", "vae", "iwae", "flow"))
         if truth is None or vae is None:
             continue
         start = len(out)
@@ -532,7 +533,7 @@ def downstream_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
             f"held-out log-likelihood {float(vae.k_ll):.2f}), needs > 1 (plain comparison of the mean "
             "choice)",
             {"vae_k_bound": kb, "vae_k_ll": float(vae.k_ll),
-             "iwae_k_bound": _v(iwae, "k_bound")}))
+             "iwae_k_bound": _v(iwae, "k_bound"), "flow_k_bound": _v(flow, "k_bound")}))
         ok, diff, margin = _less(vae, truth, "recovery")
         out.append(_claim(
             f"downstream.{bench}.recovery",
@@ -540,7 +541,7 @@ def downstream_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
             "mean (latent recovery / disentanglement).", ok,
             f"recovery VAE - truth = {diff:+.3f}, {_needs(margin)}",
             {"vae": float(vae.recovery), "truth": float(truth.recovery),
-             "iwae": _v(iwae, "recovery")}))
+             "iwae": _v(iwae, "recovery"), "flow": _v(flow, "recovery")}))
         if float(truth.multimodal_share) > 0.05 and np.isfinite(float(vae.mode_overlap)):
             ok, diff, margin = _less(vae, truth, "mode_overlap")
             out.append(_claim(
@@ -550,7 +551,7 @@ def downstream_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
                 "the truth's (1).", ok,
                 f"mode overlap VAE - truth = {diff:+.3f}, {_needs(margin)}",
                 {"vae": float(vae.mode_overlap), "truth": float(truth.mode_overlap),
-                 "iwae": _v(iwae, "mode_overlap"),
+                 "iwae": _v(iwae, "mode_overlap"), "flow": _v(flow, "mode_overlap"),
                  "multimodal_share": float(truth.multimodal_share)}))
         if np.isfinite(float(vae.sigma_ratio)):
             ok, diff, margin = _less(vae, truth, "sigma_ratio")
@@ -560,7 +561,7 @@ def downstream_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
                 "explains noise as signal).", ok,
                 f"learned sigma_eps / true sigma_eps - 1 = {diff:+.3f}, {_needs(margin)}",
                 {"vae": float(vae.sigma_ratio),
-                 "iwae": _v(iwae, "sigma_ratio")}))
+                 "iwae": _v(iwae, "sigma_ratio"), "flow": _v(flow, "sigma_ratio")}))
         ok, diff, margin = _greater(vae, truth, "noise_kept")
         out.append(_claim(
             f"downstream.{bench}.noise_in_code",
@@ -568,7 +569,7 @@ def downstream_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
             "separation).",
             ok, f"noise kept VAE - truth = {diff:+.3f}, {_needs_above(margin)}",
             {"vae": float(vae.noise_kept), "truth": float(truth.noise_kept),
-             "iwae": _v(iwae, "noise_kept")}))
+             "iwae": _v(iwae, "noise_kept"), "flow": _v(flow, "noise_kept")}))
         if np.isfinite(float(truth.normal_over_along)) and np.isfinite(float(vae.normal_over_along)):
             ok, diff, margin = _greater(vae, truth, "normal_over_along")
             out.append(_claim(
@@ -577,7 +578,7 @@ def downstream_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
                 "relative to along it, than the truth's (adversarial robustness).", ok,
                 f"normal/along sensitivity VAE - truth = {diff:+.3f}, {_needs_above(margin)}",
                 {"vae": float(vae.normal_over_along), "truth": float(truth.normal_over_along),
-                 "iwae": _v(iwae, "normal_over_along")}))
+                 "iwae": _v(iwae, "normal_over_along"), "flow": _v(flow, "normal_over_along")}))
         p = float(vae.energy_p)
         out.append(_claim(
             f"downstream.{bench}.generation",
@@ -585,7 +586,7 @@ def downstream_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
             bool(p < 0.05), f"mean permutation p-value {p:.3f} (truth against fresh truth "
             f"{float(truth.energy_p):.3f}), needs < 0.05",
             {"vae_p": p, "vae_energy": float(vae.energy), "truth_p": float(truth.energy_p),
-             "iwae_p": _v(iwae, "energy_p"),
+             "iwae_p": _v(iwae, "energy_p"), "flow_p": _v(flow, "energy_p"),
              "vae_off_manifold": float(vae.off_manifold), "truth_off_manifold": float(truth.off_manifold)}))
         ok, diff, margin = _less(vae, truth, "auroc")
         ok_iwae, diff_iwae, margin_iwae = _less(vae, iwae, "auroc") if iwae is not None else (
@@ -598,7 +599,7 @@ def downstream_claims(t: pd.DataFrame) -> list[dict[str, Any]]:
             f"AUROC VAE - truth = {diff:+.3f}, {_needs(margin)}; VAE - IWAE = {diff_iwae:+.3f}, "
             f"{_needs(margin_iwae)}",
             {"vae": float(vae.auroc), "truth": float(truth.auroc),
-             "iwae": _v(iwae, "auroc")}))
+             "iwae": _v(iwae, "auroc"), "flow": _v(flow, "auroc")}))
         if bench == "linear":  # the control: the paper predicts no failure where the posterior is Gaussian
             for claim in out[start:]:
                 claim["note"] = ("linear is the control (exactly Gaussian posterior): the paper predicts no "

@@ -26,9 +26,9 @@ from vaefail.errors import ConfigError
 from vaefail.experiments.grid import Experiment, Task, load_grid
 from vaefail.experiments.store import ResultsStore, config_hash
 
-#: The model families are the values of ``objective`` in the grid's ``[common_grid]`` (in that order): a new
-#: family (e.g. a flow) is one more entry there, plus an entry of :data:`ADAPTERS` if its fitted models are
-#: not :class:`vaefail.models.VAE`.
+#: The model families are the values of ``objective`` in the grid's ``[common_grid]`` (in that order) and the
+#: flow encoder's table (:func:`family_of`); a new family is one more entry or table, plus an entry of
+#: :data:`ADAPTERS` if its fitted models are not :class:`vaefail.models.VAE`.
 #: Version of the cached measures (bump when a measure changes meaning).
 CACHE_VERSION = 3
 #: Columns of the downstream table, in order (each the mean over repetitions; ``_std`` beside it).
@@ -62,9 +62,19 @@ def settings(preset: str) -> dict[str, int]:
     return {k: int(v) for k, v in table[preset].items()}
 
 
+def family_of(labels: dict[str, Any]) -> str:
+    """A task's model family: its ``objective`` (``"vae"``, ``"iwae"``), prefixed by its encoder when that is
+    not the Gaussian one (``"flow"`` for a flow encoder trained on the ELBO, ``"iwae-flow"`` as the IWAE's
+    proposal)."""
+    encoder, objective = labels.get("encoder", "gaussian"), labels["objective"]
+    if encoder == "gaussian":
+        return objective
+    return encoder if objective == "vae" else f"{objective}-{encoder}"
+
+
 def _index(tasks: list[Task]) -> dict[tuple[Any, ...], Task]:
-    """Tasks by (benchmark, objective, latent_dim, sigma_mode, repeat)."""
-    return {(t.labels["benchmark"], t.labels["objective"], int(t.labels["latent_dim"]),
+    """Tasks by (benchmark, family, latent_dim, sigma_mode, repeat)."""
+    return {(t.labels["benchmark"], family_of(t.labels), int(t.labels["latent_dim"]),
              t.labels.get("sigma_mode", "fixed"), int(t.labels["repeat"])): t for t in tasks}
 
 
@@ -179,7 +189,8 @@ def _best_log_p(record: dict[str, Any]) -> float:
 
 #: What each column of the downstream table means (shown under the table in the report).
 COLUMN_HELP: dict[str, str] = {
-    "family": "the model family (the value of objective), or the benchmark's exact model (truth)",
+    "family": "the model family (vae, iwae, flow: a flow encoder on the ELBO), or the benchmark's exact "
+    "model (truth)",
     "k_bound": "K (1-3, sigma_eps fixed) with the best test bound of the family's own objective: the "
                "selected model of every other column",
     "k_ll": "K with the best held-out log p(x)",

@@ -3,8 +3,8 @@ recovery, ambiguity, signal/noise separation, adversarial robustness, generation
 
 Every measure takes a :class:`LatentModel` (a model seen through what the tasks use: its representation
 ``code(x)``, its decoder, its density, its posterior) and data, and returns numbers. A model of any family
-enters through one adapter (:func:`from_vae` for the MFG-VAE/IWAE; :func:`from_truth` for the benchmark's
-ground truth), so a new family needs one adapter and nothing else here.
+enters through one adapter (:func:`from_vae` for the MFG-VAE/IWAE and the flow-posterior VAE;
+:func:`from_truth` for the benchmark's ground truth), so a new family needs one adapter and nothing else here.
 
 Conventions. ``z_true`` are the latents that generated the data, ``eps = x - f_gt(z_true)`` the true noise.
 The *code* of a model is the representation a user would take, ``E_q[z|x]`` (the encoder mean) for an
@@ -28,8 +28,10 @@ from scipy.stats import rankdata
 
 from vaefail.benchmarks import Benchmark
 from vaefail.errors import require
+from vaefail.metrics.flow import is_flow
 from vaefail.metrics.information import encode
 from vaefail.metrics.likelihood import decode, exact_log_likelihood, log_likelihood
+from vaefail.objectives import sample_terms
 from vaefail.quadrature import trapezoid_weights
 
 #: The active-unit threshold of Burda et al. (2016): a code dimension is active when
@@ -99,15 +101,44 @@ def _grid_posterior(f_grid: np.ndarray, sigma: float, x: np.ndarray, chunk: int 
     return out
 
 
-def from_vae(model: Any, *, name: str = "vae", ll_samples: int = 1000) -> LatentModel:
-    """Adapter for an MFG-VAE/IWAE (:class:`vaefail.models.VAE`, unstacked).
+def from_vae(model: Any, *, name: str = "vae", ll_samples: int = 1000, code_samples: int = 256,
+             code_key: int = 0) -> LatentModel:
+    """Adapter for an MFG-VAE/IWAE or a flow-posterior VAE (:class:`vaefail.models.VAE`, unstacked).
 
-    ``code`` is the encoder mean ``mu_phi(x)``; ``log_prob`` is exact by quadrature for ``K = 1`` and
-    importance-sampled with ``ll_samples`` draws from ``q`` otherwise; ``posterior`` is the model's exact
-    ``p_theta(z|x)`` on :data:`POSTERIOR_GRID` for ``K = 1``.
+    ``code`` is ``E_q[z|x]``: the encoder mean ``mu_phi(x)`` for a Gaussian encoder; for a flow encoder
+    (:func:`vaefail.metrics.flow.is_flow`) the mean of ``code_samples`` reparameterised draws
+    ``z_s = T_phi(eps_s; x)``, the normals ``eps_s`` fixed per point by ``code_key`` and the point's index
+    (so the code is a deterministic, differentiable function of ``x`` and its Jacobian is the mean of
+    ``dz_s/dx``). ``log_prob`` is exact by quadrature for ``K = 1`` and importance-sampled with
+    ``ll_samples`` draws from ``q`` otherwise; ``posterior`` is the model's exact ``p_theta(z|x)`` on
+    :data:`POSTERIOR_GRID` for ``K = 1``.
     """
     k, d, sigma = int(model.latent_dim), int(model.x_dim), float(model.sigma)
-    jac = eqx.filter_jit(jax.vmap(jax.jacfwd(lambda x: model.encoder(x)[0])))
+    if is_flow(model):
+        base = jax.random.PRNGKey(code_key)
+
+        def mc_mean(x: jax.Array, key: jax.Array) -> jax.Array:  # one point (D,) -> (K,)
+            return jnp.mean(sample_terms(model, x[None], key[None], code_samples).z[:, 0, :], axis=-1)
+
+        mean_fn = eqx.filter_jit(jax.vmap(mc_mean))
+        jac = eqx.filter_jit(jax.vmap(jax.jacfwd(mc_mean)))
+
+        def point_keys(n: int) -> jax.Array:
+            return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(n))
+
+        def code(x: np.ndarray) -> np.ndarray:
+            return np.asarray(mean_fn(jnp.asarray(x, jnp.float32), point_keys(len(x))), np.float64)
+
+        def code_jacobian(x: np.ndarray) -> np.ndarray:
+            return np.asarray(jac(jnp.asarray(x, jnp.float32), point_keys(len(x))), np.float64)
+    else:
+        jac = eqx.filter_jit(jax.vmap(jax.jacfwd(lambda x: model.encoder(x)[0])))
+
+        def code(x: np.ndarray) -> np.ndarray:
+            return encode(model, x)[0]
+
+        def code_jacobian(x: np.ndarray) -> np.ndarray:
+            return np.asarray(jac(jnp.asarray(x, jnp.float32)), np.float64)
 
     def dec(z: np.ndarray) -> np.ndarray:
         return np.asarray(decode(model, jnp.asarray(z, jnp.float32)), np.float64)
@@ -121,10 +152,7 @@ def from_vae(model: Any, *, name: str = "vae", ll_samples: int = 1000) -> Latent
     if k == 1:
         f_grid = dec(POSTERIOR_GRID[:, None])
         posterior = lambda x: _grid_posterior(f_grid, sigma, np.asarray(x, np.float64))  # noqa: E731
-    return LatentModel(
-        name, d, k, sigma, dec, lambda x: encode(model, x)[0],
-        lambda x: np.asarray(jac(jnp.asarray(x, jnp.float32)), np.float64), logp, posterior,
-    )
+    return LatentModel(name, d, k, sigma, dec, code, code_jacobian, logp, posterior)
 
 
 def from_truth(bench: Benchmark) -> LatentModel:
