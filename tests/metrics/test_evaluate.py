@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import jax
+import numpy as np
 import pandas as pd
 import pytest
 from rich.console import Console
@@ -108,6 +109,21 @@ def test_evaluate_a_k2_run_reports_what_does_not_apply(linear_k2_run):
         assert key in na, key
     assert "K = 1" in na["posterior.kl_q_to_posterior"]
     assert "n/a" in render(report)
+
+
+def test_the_truths_gap_is_computed_once_per_test_set_and_the_numbers_do_not_change(figure8_run):
+    from vaefail.metrics import evaluate as ev
+    from vaefail.metrics.posterior import gaussian_gap
+
+    ev._TRUTH_GAPS.clear()
+    opts = {"num_samples": 100, "max_points": 60, "sections": ("bounds",)}
+    first = evaluate_run(figure8_run, jax.random.PRNGKey(0), **opts)
+    assert len(ev._TRUTH_GAPS) == 1
+    again = evaluate_run(figure8_run, jax.random.PRNGKey(0), **opts)
+    assert len(ev._TRUTH_GAPS) == 1 and again["bounds"] == first["bounds"]
+    x = np.asarray(figure8_run.splits().test.x[:60])
+    fresh = gaussian_gap(figure8_run.benchmark, x)
+    assert np.array_equal(next(iter(ev._TRUTH_GAPS.values())).per_point, fresh.per_point)
 
 
 def test_truth_comparison_falls_back_to_the_run_summary():
