@@ -164,3 +164,23 @@ def test_shared_shift_logsumexp_matches_scipy_in_float64():
     np.testing.assert_allclose(lse_sq[[0, 1, 2, 4]], logsumexp(2 * lw[[0, 1, 2, 4]], axis=1), rtol=0,
                                atol=1e-10)
     assert lse[3] == -np.inf and lse_sq[3] == -np.inf
+
+
+def test_per_point_refinement_computes_finer_grids_only_where_log_p_has_not_settled():
+    from vaefail.metrics.likelihood import GRID_SIZES_2D, refine_grid, refine_per_point
+
+    # point 0 settles at once, point 1 between the two finer grids, point 2 never (changes of 0.01)
+    table = {301: np.array([1.0, 2.0, 3.0]), 601: np.array([1.0002, 2.01, 3.01]),
+             1201: np.array([1.0003, 2.0105, 3.02])}
+    asked = []
+
+    def log_p_at(size, idx):
+        asked.append((size, list(idx)))
+        return table[size][idx]
+
+    sizes, values, changes = refine_per_point(log_p_at, 3, tol=1e-3)
+    assert asked == [(301, [0, 1, 2]), (601, [0, 1, 2]), (1201, [1, 2])]
+    assert list(sizes) == [301, 601, 1201] and np.allclose(values, [1.0, 2.01, 3.02])
+    assert np.allclose(changes, [2e-4, 5e-4, 0.01])
+    size, _, change = refine_grid(lambda m: table[m], tol=1e-3)
+    assert size == sizes.max() == GRID_SIZES_2D[-1] and change == pytest.approx(changes.max())

@@ -542,7 +542,8 @@ def _flexibility(
                     notes.append(
                         f"{shortfall}. Trained further on the ELBO from that model (decoder included), the "
                         f"MFG-VAE keeps its held-out log-likelihood (change {-loss:+.3f} ± {loss_se:.3f} "
-                        "nats/point, within noise): the objective does not prefer a worse p(x)"
+                        f"nats/point, {'no loss beyond noise' if loss > 0 else 'no loss'}): the objective "
+                        "does not prefer a worse p(x)"
                     )
             else:
                 verdicts.append("failure suspected")
