@@ -28,10 +28,9 @@ from scipy.stats import rankdata
 
 from vaefail.benchmarks import Benchmark
 from vaefail.errors import require
-from vaefail.metrics.flow import is_flow
+from vaefail.metrics.flow import is_flow, mean_codes
 from vaefail.metrics.information import encode
 from vaefail.metrics.likelihood import decode, exact_log_likelihood, log_likelihood
-from vaefail.objectives import sample_terms
 from vaefail.quadrature import trapezoid_weights
 
 #: The active-unit threshold of Burda et al. (2016): a code dimension is active when
@@ -116,18 +115,15 @@ def from_vae(model: Any, *, name: str = "vae", ll_samples: int = 1000, code_samp
     k, d, sigma = int(model.latent_dim), int(model.x_dim), float(model.sigma)
     if is_flow(model):
         base = jax.random.PRNGKey(code_key)
-
-        def mc_mean(x: jax.Array, key: jax.Array) -> jax.Array:  # one point (D,) -> (K,)
-            return jnp.mean(sample_terms(model, x[None], key[None], code_samples).z[:, 0, :], axis=-1)
-
-        mean_fn = eqx.filter_jit(jax.vmap(mc_mean))
-        jac = eqx.filter_jit(jax.vmap(jax.jacfwd(mc_mean)))
+        jac = eqx.filter_jit(jax.vmap(jax.jacfwd(
+            lambda x, key: mean_codes(model, x[None], key[None], code_samples)[0])))
 
         def point_keys(n: int) -> jax.Array:
             return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(n))
 
         def code(x: np.ndarray) -> np.ndarray:
-            return np.asarray(mean_fn(jnp.asarray(x, jnp.float32), point_keys(len(x))), np.float64)
+            xs = jnp.asarray(x, jnp.float32)
+            return np.asarray(mean_codes(model, xs, point_keys(len(x)), code_samples), np.float64)
 
         def code_jacobian(x: np.ndarray) -> np.ndarray:
             return np.asarray(jac(jnp.asarray(x, jnp.float32), point_keys(len(x))), np.float64)

@@ -84,12 +84,14 @@ def posterior_mean(model: Any, x: np.ndarray, key: jax.Array, samples: int = 256
     """``E_q[z | x]`` of each point by Monte Carlo (``samples`` reparameterised draws), ``(n, K)`` float64."""
     xs = jnp.asarray(check_x(x, model.x_dim), jnp.float32)
     keys = jax.random.split(key, xs.shape[0])
-    z = _sample_z(model, xs, keys, samples)
+    z = mean_codes(model, xs, keys, samples)
     return np.asarray(z, np.float64)
 
 
 @eqx.filter_jit
-def _sample_z(model: Any, x: jax.Array, keys: jax.Array, samples: int) -> jax.Array:
+def mean_codes(model: Any, x: jax.Array, keys: jax.Array, samples: int) -> jax.Array:
+    """``E_q[z | x_i]`` of each row of ``x`` (``(n, D)``) as the mean of ``samples`` reparameterised draws,
+    point ``i``'s normals from ``keys[i]``: ``(n, K)``; differentiable in ``x``."""
     return jnp.mean(sample_terms(model, x, keys, samples).z, axis=-1).T
 
 
