@@ -169,12 +169,14 @@ def test_killed_sweep_resumes_without_recomputing(tmp_path):
 
 
 _NAPPING_DRIVER = """
-import signal, sys, time
+import os, signal, sys, time
 from vaefail.experiments.execute import execute
 from vaefail.experiments.store import ResultsStore
 
 
 def nap(spec):
+    if spec["seconds"]:  # a long configuration: say which process runs it
+        open(f"{sys.argv[1]}.pid-{os.getpid()}", "w").close()
     time.sleep(spec["seconds"])
     return {"metrics.json": b"{}"}
 
@@ -213,6 +215,43 @@ def test_ctrl_c_stops_running_configurations_at_once(tmp_path, executor):
         proc.communicate()
         pytest.fail("Ctrl-C waited for the running configurations")
     assert proc.returncode == 130 and "interrupted" in out
+    assert sorted(os.listdir(store / "runs")) == ["k0"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # a zombie has exited
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killing_the_driver_alone_stops_its_workers(tmp_path, sig):
+    """``kill`` (SIGTERM) or ``kill -9`` of the driver process only, not its group, while both local workers
+    run 5-minute configurations: SIGTERM stops them as Ctrl-C does (exit 130, finished work kept); after
+    SIGKILL, which the driver cannot handle, the orphaned workers notice and exit within seconds."""
+    script = tmp_path / "driver.py"
+    script.write_text(_NAPPING_DRIVER)
+    store = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, str(script), str(store), "local"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    pids: list[int] = []
+    while len(pids) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        pids = [int(p.name.rsplit("-", 1)[1]) for p in tmp_path.glob("store.pid-*")]
+    assert len(pids) == 2, "the workers did not start their configurations"
+    os.kill(proc.pid, sig)
+    out, _ = proc.communicate(timeout=60)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 130 and "interrupted" in out
+    deadline = time.time() + 20
+    while any(_alive(pid) for pid in pids) and time.time() < deadline:
+        time.sleep(0.2)
+    survivors = [pid for pid in pids if _alive(pid)]
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, "a worker outlived its driver"
     assert sorted(os.listdir(store / "runs")) == ["k0"]
 
 

@@ -14,7 +14,10 @@ import concurrent.futures as cf
 import json
 import multiprocessing
 import os
+import signal
 import socket
+import threading
+import time
 import warnings
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -86,7 +89,7 @@ def execute(
     if not todo:
         return 0
     workers = workers or os.cpu_count() or 1
-    with _bar(progress, len(todo)) as advance:
+    with _bar(progress, len(todo)) as advance, _sigterm_interrupts():
         if executor == "ray":
             results = _run_ray(todo, run, address, workers)
         elif workers == 1 or len(todo) == 1:
@@ -228,14 +231,34 @@ def _run_pool(todo: list[Job], run: Callable, workers: int) -> Iterator[tuple[st
                 yield key, files
                 if queue:
                     start(ran[pid])
-    except BaseException:  # Ctrl-C (or a failure): stop now, do not wait for running configurations
+    except BaseException:  # Ctrl-C, SIGTERM (or a failure): stop now, do not wait for running configurations
         _stop_workers(pool)
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`KeyboardInterrupt` in the driver (on the main thread;
+    elsewhere nothing changes), so ``kill`` stops the workers as Ctrl-C does instead of leaving them running
+    without a driver; finished configurations are kept either way."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run_reporting_pid(run: Callable, spec: dict[str, Any]) -> tuple[int, dict[str, bytes]]:
+    _exit_with_parent()
     return os.getpid(), _run_configured(run, spec)
 
 
@@ -244,6 +267,25 @@ def _run_configured(run: Callable, spec: dict[str, Any]) -> dict[str, bytes]:
     which reads :data:`WORKER_ENV`)."""
     configure()
     return run(spec)
+
+
+_WATCHED_PARENT: list[int] = []
+
+
+def _exit_with_parent(interval: float = 1.0) -> None:
+    """In a local worker: exit when the driver that started it is gone (killed with no chance to stop its
+    workers, e.g. SIGKILL), instead of computing configurations nobody will store. A daemon thread checks
+    the parent process id every ``interval`` seconds; started once per process."""
+    if _WATCHED_PARENT:
+        return
+    _WATCHED_PARENT.append(os.getppid())
+
+    def watch() -> None:
+        while os.getppid() == _WATCHED_PARENT[0]:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="vaefail-parent-watch", daemon=True).start()
 
 
 def _stop_workers(pool: cf.ProcessPoolExecutor) -> None:
