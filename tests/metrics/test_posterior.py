@@ -123,3 +123,25 @@ def test_bad_input_rejected(linear_bench, linear_exact):
         posterior_kl(linear_exact, np.array([[0.0, np.nan]]))
     with pytest.raises(DataError):
         posterior_kl(linear_exact, np.zeros((3, 2)), log_p_model=np.zeros(2))
+
+
+def test_best_of_starts_optimises_each_distinct_start_once():
+    """Starts repeated within a point (a unimodal posterior's second-mode start is its top mode again) are
+    optimised and evaluated once, and every point still gets the best of its starts and their optima."""
+    from vaefail.metrics.posterior import best_of_starts
+
+    xs = np.arange(3.0)[:, None]
+    starts = np.array([[[0.0], [5.0], [5.0]], [[1.0], [1.0], [1.0]], [[2.0], [7.0], [3.0]]])
+    seen = []
+
+    def optimise(rows_x, init):
+        seen.append(init[:, 0].tolist())
+        return init + 0.5  # every optimum half a unit above its start
+
+    def exact_kl(rows_x, params, lp):
+        return (params[:, 0] - rows_x[:, 0] - 2.0) ** 2  # point i's best Gaussian is at i + 2
+
+    kl, best = best_of_starts(xs, starts, np.zeros(3), optimise, exact_kl)
+    assert seen == [[0.0, 5.0, 1.0, 2.0, 7.0, 3.0]]
+    np.testing.assert_allclose(best[:, 0], [0.5, 1.5, 3.5])  # the candidates nearest 2, 3 and 4
+    np.testing.assert_allclose(kl, [2.25, 2.25, 0.25])

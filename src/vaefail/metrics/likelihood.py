@@ -299,9 +299,8 @@ def refine_per_point(
     that have not yet settled (two consecutive sizes within ``tol`` nats).
 
     Returns per point ``(size, log_p, change)``: the coarser size of its first agreeing pair (else the
-    finest), the value there, and its change against the next finer size. The largest ``size`` equals the
-    size :func:`refine_grid` picks for all points at once; a point that settles earlier keeps its coarser
-    value, which is within ``tol`` of its value on the next finer grid (the same guarantee).
+    finest), the value there, and its change against the next finer size: every point's value is within
+    ``tol`` of its value on the next finer grid, as when all points share the largest ``size``.
     """
     active = np.arange(n)
     prev = log_p_at(GRID_SIZES_2D[0], active)
@@ -317,27 +316,6 @@ def refine_per_point(
         if active.size == 0:
             break
     return sizes, values, changes
-
-
-def refine_grid(
-    log_p_at: Callable[[int], np.ndarray], tol: float = GRID_TOL
-) -> tuple[int, np.ndarray, float]:
-    """The ``K = 2`` grid refinement of :func:`exact_log_likelihood` for any ``log_p_at(size)`` (per-point
-    ``log p_theta(x_i)`` on a ``size^2`` grid, called once per size of :data:`GRID_SIZES_2D`, coarsest first,
-    until two consecutive sizes agree within ``tol`` nats at every point).
-
-    Returns ``(size, log_p, change)``: the coarser size of the first pair that agrees (else the finest), its
-    values and the largest per-point change against the next finer size (``inf`` if none was computed).
-    """
-    prev = log_p_at(GRID_SIZES_2D[0])
-    change = math.inf
-    for coarse, fine in itertools.pairwise(GRID_SIZES_2D):
-        nxt = log_p_at(fine)
-        change = float(np.max(np.abs(nxt - prev)))
-        if change < tol:
-            return coarse, prev, change
-        prev = nxt
-    return GRID_SIZES_2D[-1], prev, change
 
 
 def refined_grid_size(

@@ -53,11 +53,10 @@ from vaefail.errors import ConfigError, require, unknown_name
 from vaefail.metrics._stats import Estimate, check_per_point, check_x, elbo_per_point, finite
 from vaefail.metrics.information import encode
 from vaefail.metrics.likelihood import (
-    GRID_SIZES_2D,
     decode_np,
     exact_log_likelihood,
     log_likelihood,
-    refine_grid,
+    refine_per_point,
 )
 from vaefail.metrics.posterior import best_of_starts, gaussian_gap, mode_starts, posterior_kl, second_mode
 from vaefail.models import LOG_2PI, VAE
@@ -149,8 +148,9 @@ def optimal_bound(
     log_p
         Precomputed exact ``log p_theta(x_i)`` (``K <= 2``) to reuse.
     grid_size
-        Nodes per axis of the ``K = 2`` posterior grid (default: the size
-        :func:`~vaefail.metrics.likelihood.refined_grid_size` chooses for the first 200 points).
+        Nodes per axis of the ``K = 2`` posterior grid that gives ``log p_theta(x)`` (when not passed) and
+        the starts (default: per point, the size the refinement of
+        :func:`~vaefail.metrics.likelihood.exact_log_likelihood` settles on for it).
     steps, nodes, eval_nodes
         ``K = 2``: Adam steps, Gauss-Hermite nodes per axis of the optimised bound, trapezoid nodes per
         axis of the exact KL.
@@ -192,30 +192,28 @@ def _grid2(
 ) -> OptimalBound:
     xs = check_x(x, model.x_dim)
     n = xs.shape[0]
-    found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    require(nodes >= 2 and eval_nodes >= 3 and steps >= 0, "bad K = 2 grid settings")
     if grid_size is None:
-        # the refinement of exact_log_likelihood on the first 200 points; at the finest size the posterior
-        # grid of every point is computed once, for the refinement's log p and for the starts
-        m = min(n, 200)
-
-        def log_p_at(size: int) -> np.ndarray:
-            if size != GRID_SIZES_2D[-1]:
-                return exact_log_likelihood(model, xs[:m], grid_size=size, bound=bound).per_point
-            found[size] = _grid2_starts(model, xs, size, bound)
-            return found[size][0][:m]
-
-        grid_size, _, _ = refine_grid(log_p_at)
-    require(grid_size >= 11 and nodes >= 2 and eval_nodes >= 3 and steps >= 0, "bad K = 2 grid settings")
-    lp_grid, starts = found[grid_size] if grid_size in found else _grid2_starts(model, xs, grid_size, bound)
+        # each point's posterior grid: the size exact_log_likelihood's refinement settles on for it
+        sizes, _, _ = refine_per_point(
+            lambda m, idx: exact_log_likelihood(model, xs[idx], grid_size=m, bound=bound).per_point, n)
+    else:
+        require(grid_size >= 11, f"grid_size must be >= 11, got {grid_size}")
+        sizes = np.full(n, grid_size)
+    lp_grid, starts = np.empty(n), np.empty((n, 3, 4))
+    for size in np.unique(sizes):
+        idx = np.flatnonzero(sizes == size)
+        lp_grid[idx], starts[idx] = _grid2_starts(model, xs[idx], int(size), bound)
     lp = lp_grid if log_p is None else check_per_point(log_p, n, "log_p")
     kl, chosen = best_of_starts(
         xs, starts, lp, lambda rx, init: _adam_gh(model, rx, init, steps, nodes),
         lambda rx, cand, lp_rows: _exact_kl_2d(model, rx, cand, lp_rows, eval_nodes),
     )
+    used = ", ".join(f"{int(np.sum(sizes == m))} at {m}^2" for m in np.unique(sizes))
     return OptimalBound(
         log_p=lp, elbo_star=lp - kl, mc_var=np.zeros(n), mean=chosen[:, :2],
         std=np.exp(chosen[:, 2:]),
-        method=f"grid (K = 2, {grid_size}^2 posterior grid, Adam x {steps} on {nodes}^2 Gauss-Hermite, "
+        method=f"grid (K = 2, posterior grids {used}, Adam x {steps} on {nodes}^2 Gauss-Hermite, "
         f"exact KL on {eval_nodes}^2)",
     )
 

@@ -306,10 +306,21 @@ def best_of_starts(
     KL per point ``(n,)`` and the parameters that reach it ``(n, P)``.
     """
     n, n_starts, n_par = starts.shape
-    rows_x = np.repeat(xs, n_starts, axis=0)
-    init = starts.reshape(-1, n_par)
+    # a start equal to an earlier one of its point (a unimodal posterior's "second mode" is the top mode
+    # again) is optimised and evaluated once: src[i, j] is the first start of point i equal to start j
+    src = np.tile(np.arange(n_starts), (n, 1))
+    for j in range(n_starts - 1, 0, -1):
+        for i in range(j - 1, -1, -1):
+            src[np.all(starts[:, j] == starts[:, i], axis=1), j] = i
+    flat = (np.arange(n)[:, None] * n_starts + src).ravel()
+    keep = flat == np.arange(n * n_starts)
+    rows_x = np.repeat(xs, n_starts, axis=0)[keep]
+    init = starts.reshape(-1, n_par)[keep]
     cand = np.concatenate([init, optimise(rows_x, init)])
-    kl = exact_kl(np.concatenate([rows_x, rows_x]), cand, np.tile(np.repeat(log_p, n_starts), 2))
+    kl = exact_kl(np.concatenate([rows_x, rows_x]), cand, np.tile(np.repeat(log_p, n_starts)[keep], 2))
+    at = np.cumsum(keep)[flat] - 1  # the kept row behind every start
+    at = np.concatenate([at, at + init.shape[0]])  # ... for the starts, then their optima
+    cand, kl = cand[at], kl[at]
     kl = kl.reshape(2, n, n_starts).transpose(1, 0, 2).reshape(n, 2 * n_starts)
     cand = cand.reshape(2, n, n_starts, n_par).transpose(1, 0, 2, 3).reshape(n, 2 * n_starts, n_par)
     kl = np.where(np.isfinite(kl), kl, np.inf)
