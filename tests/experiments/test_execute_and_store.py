@@ -255,6 +255,14 @@ def test_killing_the_driver_alone_stops_its_workers(tmp_path, sig):
     assert sorted(os.listdir(store / "runs")) == ["k0"]
 
 
+@pytest.mark.parametrize("preset", ["smoke", "quick", "paper"])
+def test_px_configurations_are_table1_configurations(preset):
+    """px's fits (K = 1, sigma_eps fixed) are table1's, with the same evaluation settings: one store key, so
+    ``reproduce all`` fits and evaluates them once."""
+    table1 = {task_key(t) for t in load_experiment("table1", preset).tasks}
+    assert {task_key(t) for t in load_experiment("px", preset).tasks} <= table1
+
+
 def test_schedule_runs_longest_first_and_separates_repetitions():
     """Equal-cost repetitions of a configuration are not started side by side (they compile the same
     programs; one after the other, the second finds them in the XLA cache)."""
