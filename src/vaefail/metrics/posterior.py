@@ -429,7 +429,7 @@ def _newton(curve: Curve, xs: np.ndarray, init: np.ndarray, steps: int, nodes: i
 
     run = jax.jit(jax.vmap(one_row))
     out = np.empty_like(init)
-    chunk = 2048
+    chunk = 256  # rows per call: (rows x nodes x width) activations stay in cache (2048: 2x slower)
     for p in range(0, init.shape[0], chunk):
         sl = slice(p, p + chunk)
         rows = init[sl].shape[0]
