@@ -364,7 +364,8 @@ def _optimise_rows(fn: Callable[[jax.Array, jax.Array, int], jax.Array], xs: np.
 
 
 def _adam_gh(model: VAE, xs: np.ndarray, init: np.ndarray, steps: int, nodes: int,
-             chunk: int = 512) -> np.ndarray:
+             chunk: int = 32) -> np.ndarray:
+    # 32 rows x 256 nodes x width 50 activations fit a core's L2 cache (512 rows: 10-25% slower)
     if steps == 0:
         return init.copy()
     u, w = _hermite(nodes, init.shape[1] // 2)
