@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -182,3 +183,21 @@ def test_per_point_refinement_computes_finer_grids_only_where_log_p_has_not_sett
     assert asked == [(301, [0, 1, 2]), (601, [0, 1, 2]), (1201, [1, 2])]
     assert list(sizes) == [301, 601, 1201] and np.allclose(values, [1.0, 2.01, 3.02])
     assert np.allclose(changes, [2e-4, 5e-4, 0.01])
+
+
+def test_gaussian_log_marginal_is_float64_and_chunk_independent():
+    """A linear-Gaussian model, x = a z + noise with z ~ N(0, 1): log p(x) = log N(x; 0, a^2 + sigma^2), here
+    with sigma = 1e-3 so the exponents reach 1e6 (float32 would lose the answer to rounding). The trapezoid
+    rule on a fine grid gives it to 1e-6 whatever the chunking (the last chunk padded)."""
+    from scipy.stats import norm
+
+    from vaefail.quadrature import box_grid, gaussian_log_marginal
+
+    a, sigma = 1.0, 1e-3
+    grid, log_w = box_grid(1, 200001, 7.0)
+    x = np.linspace(-2.0, 2.0, 7)[:, None]
+    exact = norm.logpdf(x[:, 0], scale=math.sqrt(a**2 + sigma**2))
+    for chunk in (None, 3, 7):
+        got = gaussian_log_marginal(x, a * grid, sigma, log_w, chunk=chunk)
+        assert got.dtype == np.float64
+        np.testing.assert_allclose(got, exact, rtol=0, atol=1e-6)
