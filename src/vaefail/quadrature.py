@@ -8,7 +8,7 @@ weights live here once; the integrands (a benchmark's ``f_gt`` or a model's deco
 
 from __future__ import annotations
 
-import itertools
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -63,8 +63,8 @@ def normal_trapezoid(points: int, bound: float) -> tuple[np.ndarray, np.ndarray]
 def product_rule(u1: np.ndarray, w1: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k``-fold product of a 1-D rule ``(u1, w1)``: nodes ``(len(u1)^k, k)`` and weights
     ``prod_i w1[g_i]`` (in ``itertools.product`` order, the last coordinate fastest)."""
-    u = np.array(list(itertools.product(u1, repeat=k)))
-    w = np.prod(np.array(list(itertools.product(w1, repeat=k))), axis=1)
+    u = np.stack(np.meshgrid(*[u1] * k, indexing="ij"), axis=-1).reshape(-1, k)
+    w = functools.reduce(np.multiply.outer, [w1] * k).ravel()
     return u, w
 
 

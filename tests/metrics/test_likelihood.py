@@ -201,3 +201,17 @@ def test_gaussian_log_marginal_is_float64_and_chunk_independent():
         got = gaussian_log_marginal(x, a * grid, sigma, log_w, chunk=chunk)
         assert got.dtype == np.float64
         np.testing.assert_allclose(got, exact, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_product_rule_is_the_itertools_product(k):
+    """Nodes in ``itertools.product`` order (last coordinate fastest), weights the products of their 1-D
+    weights, bit for bit."""
+    import itertools
+
+    from vaefail.quadrature import product_rule
+
+    u1, w1 = np.linspace(-1.0, 1.0, 7), np.random.default_rng(k).random(7)
+    u, w = product_rule(u1, w1, k)
+    np.testing.assert_array_equal(u, np.array(list(itertools.product(u1, repeat=k))))
+    np.testing.assert_array_equal(w, np.prod(np.array(list(itertools.product(w1, repeat=k))), axis=1))
