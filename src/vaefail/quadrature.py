@@ -125,7 +125,7 @@ def gaussian_log_marginal(
     node = log_w - 0.5 * inv_var * np.sum(means**2, axis=1) - x_dim * (np.log(sigma) + 0.5 * LOG_2PI)
     x = np.asarray(x, np.float64)
     n = x.shape[0]
-    chunk = min(chunk, n)
+    chunk = max(1, min(chunk, n))
     out = np.empty(n)
     with jax.enable_x64(True):
         means_t, node_j = jnp.asarray(means.T, jnp.float64), jnp.asarray(node, jnp.float64)
