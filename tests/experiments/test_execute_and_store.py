@@ -176,7 +176,7 @@ from vaefail.experiments.store import ResultsStore
 
 def nap(spec):
     if spec["seconds"]:  # a long configuration: say which process runs it
-        open(f"{sys.argv[1]}.pid-{os.getpid()}", "w").close()
+        open(f"{spec['store']}.pid-{os.getpid()}", "w").close()
     time.sleep(spec["seconds"])
     return {"metrics.json": b"{}"}
 
@@ -184,7 +184,7 @@ def nap(spec):
 if __name__ == "__main__":
     # as in a terminal: a test run from a background job would inherit SIGINT ignored
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    jobs = [(f"k{i}", {"seconds": 300.0 if i else 0.0, "i": i}) for i in range(6)]
+    jobs = [(f"k{i}", {"seconds": 300.0 if i else 0.0, "i": i, "store": sys.argv[1]}) for i in range(6)]
     try:
         execute(jobs, ResultsStore(sys.argv[1]), nap, executor=sys.argv[2], workers=2, progress=False)
     except KeyboardInterrupt:
