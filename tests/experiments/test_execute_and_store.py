@@ -193,20 +193,29 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("executor", ["local", "ray"])
-def test_ctrl_c_stops_running_configurations_at_once(tmp_path, executor):
-    """Ctrl-C (SIGINT to the process group, as a terminal sends it) while the workers run 5-minute
-    configurations: the driver stops them instead of waiting, keeps what finished, writes nothing else
-    (with Ray: a private local instance, which ``ray.shutdown`` takes down with its workers)."""
+def _napping_driver(tmp_path: Path, executor: str) -> tuple[subprocess.Popen, Path, list[int]]:
+    """Start ``_NAPPING_DRIVER`` on two workers and wait until both run a 5-minute configuration (k0, the
+    short one, is then finished); returns the driver, its store and the two workers' process ids."""
     script = tmp_path / "driver.py"
     script.write_text(_NAPPING_DRIVER)
     store = tmp_path / "store"
     proc = subprocess.Popen([sys.executable, str(script), str(store), executor], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     deadline = time.time() + 120
-    while not (store / "runs" / "k0").is_dir() and time.time() < deadline and proc.poll() is None:
+    pids: list[int] = []
+    while len(pids) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    time.sleep(1.0)  # both workers are now inside a 300 s configuration
+        pids = [int(p.name.rsplit("-", 1)[1]) for p in tmp_path.glob("store.pid-*")]
+    assert len(pids) == 2, "the workers did not start their configurations"
+    return proc, store, pids
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_ctrl_c_stops_running_configurations_at_once(tmp_path, executor):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) while the workers run 5-minute
+    configurations: the driver stops them instead of waiting, keeps what finished, writes nothing else
+    (with Ray: a private local instance, which ``ray.shutdown`` takes down with its workers)."""
+    proc, store, _ = _napping_driver(tmp_path, executor)
     os.killpg(proc.pid, signal.SIGINT)
     try:
         out, _ = proc.communicate(timeout=60)
@@ -230,17 +239,7 @@ def test_killing_the_driver_alone_stops_its_workers(tmp_path, sig):
     """``kill`` (SIGTERM) or ``kill -9`` of the driver process only, not its group, while both local workers
     run 5-minute configurations: SIGTERM stops them as Ctrl-C does (exit 130, finished work kept); after
     SIGKILL, which the driver cannot handle, the orphaned workers notice and exit within seconds."""
-    script = tmp_path / "driver.py"
-    script.write_text(_NAPPING_DRIVER)
-    store = tmp_path / "store"
-    proc = subprocess.Popen([sys.executable, str(script), str(store), "local"], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-    deadline = time.time() + 120
-    pids: list[int] = []
-    while len(pids) < 2 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-        pids = [int(p.name.rsplit("-", 1)[1]) for p in tmp_path.glob("store.pid-*")]
-    assert len(pids) == 2, "the workers did not start their configurations"
+    proc, store, pids = _napping_driver(tmp_path, "local")
     os.kill(proc.pid, sig)
     out, _ = proc.communicate(timeout=60)
     if sig == signal.SIGTERM:

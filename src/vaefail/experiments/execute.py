@@ -202,7 +202,8 @@ def _run_pool(todo: list[Job], run: Callable, workers: int) -> Iterator[tuple[st
     :func:`next_job` picks for it (a worker reports its process id with every result)."""
     queue = list(todo)
     workers = min(workers, len(queue))
-    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=_exit_with_parent)
     ran: dict[int, set[str]] = {}  # worker pid -> families it ran
     running: dict[cf.Future, tuple[str, str]] = {}  # future -> (store key, family)
 
@@ -258,7 +259,6 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 
 def _run_reporting_pid(run: Callable, spec: dict[str, Any]) -> tuple[int, dict[str, bytes]]:
-    _exit_with_parent()
     return os.getpid(), _run_configured(run, spec)
 
 
@@ -269,19 +269,14 @@ def _run_configured(run: Callable, spec: dict[str, Any]) -> dict[str, bytes]:
     return run(spec)
 
 
-_WATCHED_PARENT: list[int] = []
-
-
 def _exit_with_parent(interval: float = 1.0) -> None:
-    """In a local worker: exit when the driver that started it is gone (killed with no chance to stop its
-    workers, e.g. SIGKILL), instead of computing configurations nobody will store. A daemon thread checks
-    the parent process id every ``interval`` seconds; started once per process."""
-    if _WATCHED_PARENT:
-        return
-    _WATCHED_PARENT.append(os.getppid())
+    """The local pool's worker initialiser: exit when the driver that started the worker is gone (killed with
+    no chance to stop its workers, e.g. SIGKILL), instead of computing configurations nobody will store. A
+    daemon thread checks the parent process id every ``interval`` seconds."""
+    parent = os.getppid()
 
     def watch() -> None:
-        while os.getppid() == _WATCHED_PARENT[0]:
+        while os.getppid() == parent:
             time.sleep(interval)
         os._exit(1)
 
